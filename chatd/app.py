@@ -1,0 +1,80 @@
+"""chatd.app ~~~ The application factory.
+
+:func:`create_app` loads settings, builds the provider registry once, and
+wires the error table and the blueprints. Per-app state lives in
+``app.extensions["chatd"]``, never in module globals.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from flask import Flask, g, request
+
+from chatd import chat, health
+from chatd.config import Settings, load_settings
+from chatd.errors import register_error_handlers
+from chatd.registry import Registry, build_registry
+
+access_log = logging.getLogger("chatd.access")
+
+
+@dataclass(frozen=True)
+class Chatd:
+    """What the views need, reached through ``current_app.extensions["chatd"]``."""
+
+    settings: Settings
+    registry: Registry
+
+
+def set_up_logging(level: str) -> None:
+    """Log to stderr (gunicorn's error log) unless something already configured logging."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("chatd").setLevel(level.upper())
+
+
+def create_app(settings: Settings | None = None, *, environ: Mapping[str, str] | None = None):
+    """Create and configure an instance of chatd.
+
+    :param settings: the settings to use; loaded from ``$CHATD_CONFIG`` when None.
+    :param environ: where provider keys are looked up; ``os.environ`` when None.
+    """
+    if settings is None:
+        settings = load_settings(environ=environ)
+    set_up_logging(settings.log_level)
+
+    app = Flask(__name__)
+    # Werkzeug refuses larger bodies with 413 before reading them, chunked ones included.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    # Keys in the order we built them; sorting costs time on every answer.
+    app.json.sort_keys = False
+    app.extensions["chatd"] = Chatd(settings, build_registry(settings, environ))
+
+    register_error_handlers(app)
+    app.register_blueprint(chat.bp)
+    app.register_blueprint(health.bp)
+    app.before_request(_start_timer)
+    app.after_request(_log_access)
+    return app
+
+
+def _start_timer():
+    g.started = time.monotonic()
+
+
+def _log_access(response):
+    # Only what is safe to log: never a header, a body or a key.
+    if access_log.isEnabledFor(logging.INFO):
+        access_log.info(
+            "%s %s %s provider=%s model=%s latency_ms=%d",
+            request.method,
+            request.path,
+            response.status_code,
+            g.get("provider", "-"),
+            g.get("model", "-"),
+            (time.monotonic() - g.get("started", time.monotonic())) * 1000,
+        )
+    return response

@@ -1,0 +1,49 @@
+"""chatd.chat ~~~ The dispatch routes: ``POST /chat`` and ``GET /chat/providers``.
+
+Views stay thin: validate, resolve, look up, call, answer. They hold no
+``try``: the error table in :mod:`chatd.errors` maps every failure.
+"""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, current_app, g, request
+
+from chatd.errors import BadRequest
+from chatd.routing import resolve_model
+from chatd.validation import build_chat_request, parse_json
+
+bp = Blueprint("chat", __name__)
+
+
+@bp.post("/chat")
+def dispatch():
+    """Route one chat request to its provider and answer in chatd's shape."""
+    registry = current_app.extensions["chatd"].registry
+    chat_request = build_chat_request(parse_json(request.get_data(cache=False)))
+    route = resolve_model(chat_request.model)
+    g.provider, g.model = route.provider, chat_request.model
+    adapter = registry.get(route.provider)
+    if chat_request.stream:
+        raise BadRequest("stream: streaming is not supported yet; send stream false")
+    started = time.monotonic()
+    answer = adapter.chat(chat_request, route.upstream_model)
+    return {
+        "model": route.upstream_model,
+        "provider": route.provider,
+        **answer,
+        "latency_ms": int((time.monotonic() - started) * 1000),
+    }
+
+
+@bp.get("/chat/providers")
+def list_providers():
+    """List the registered providers and whether each can take calls now."""
+    registry = current_app.extensions["chatd"].registry
+    return {
+        "providers": {name: registry.available(name) for name in registry.names()},
+        "disabled": sorted(registry.disabled),
+        # What to set to register the others; names of env vars and files, never values.
+        "unregistered": {name: u.hint() for name, u in registry.unregistered.items()},
+    }

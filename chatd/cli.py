@@ -1,0 +1,86 @@
+"""chatd.cli ~~~ The ``chatd`` command: serve under gunicorn, or check a config.
+
+``chatd --config PATH`` checks the config, then replaces itself with gunicorn
+running on ``gunicorn.conf.py`` (so signals reach gunicorn's master directly);
+arguments it does not know are passed on to gunicorn (``--bind``, ``--workers``).
+``chatd check-config --config PATH`` prints what the config resolves to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+from chatd.config import ConfigError, load_settings, resolve_key
+from chatd.providers import KNOWN_PROVIDERS
+
+
+def default_gunicorn_config() -> str | None:
+    """Return ./gunicorn.conf.py, else the one shipped beside the package source."""
+    for candidate in (Path("gunicorn.conf.py"), Path(__file__).parent.parent / "gunicorn.conf.py"):
+        if candidate.is_file():
+            return str(candidate.resolve())
+    return None
+
+
+def key_fingerprint(key: str) -> str:
+    """A short digest that tells keys apart without revealing them."""
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
+def check_config(path: str | None) -> int:
+    """Print the resolved providers, URLs and key sources (never keys); 0 when usable."""
+    settings = load_settings(path)
+    print(f"config: {settings.source}")
+    print(f"bind: {settings.bind}  workers: {settings.workers}  threads: {settings.threads}")
+    for name, spec in KNOWN_PROVIDERS.items():
+        url = settings.url(name)
+        if spec.default_key_env is None:
+            state = "registered (no key needed)"
+        else:
+            key, source = resolve_key(*settings.key_location(name), os.environ)
+            state = (
+                f"registered, key from {source} ({key_fingerprint(key)})"
+                if key
+                else f"not registered: no key in {settings.key_location(name)[0]}"
+            )
+        if name in settings.disabled_providers:
+            state += ", disabled"
+        print(f"{name:13} {spec.wire:7} {url}  {state}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="chatd",
+        description="Run the chatd LLM dispatcher under gunicorn.",
+        epilog="Other arguments are passed on to gunicorn (e.g. --bind 127.0.0.1:9000).",
+    )
+    parser.add_argument("command", nargs="?", choices=["serve", "check-config"], default="serve")
+    parser.add_argument("--config", help="TOML config (default: $CHATD_CONFIG or config/chatd.toml)")
+    parser.add_argument("--gunicorn-config", help="gunicorn config file (default: gunicorn.conf.py)")
+    args, gunicorn_args = parser.parse_known_args(argv)
+
+    try:
+        if args.command == "check-config":
+            return check_config(args.config)
+        settings = load_settings(args.config)
+    except ConfigError as e:
+        print(f"chatd: {e}", file=sys.stderr)
+        return 1
+
+    conf = args.gunicorn_config or default_gunicorn_config()
+    if conf is None:
+        print("chatd: no gunicorn.conf.py found; pass --gunicorn-config", file=sys.stderr)
+        return 1
+    os.environ["CHATD_CONFIG"] = os.path.abspath(settings.source)
+    argv = [sys.executable, "-m", "gunicorn", "-c", conf, *gunicorn_args]
+    os.execv(sys.executable, argv)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""chatd.config ~~~ Settings, loaded and checked once at start-up.
+
+The ``[chatd]`` table of a TOML file (field names as the Go original's), then
+``CHATD_<FIELD>`` environment overrides, into one frozen :class:`Settings`.
+Provider keys are not settings: :func:`resolve_key` reads them from the
+environment, or from a dotenv fallback file, when the registry is built, so a
+``Settings`` never holds a secret. Anything wrong stops start-up with one
+:class:`ConfigError` line naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python < 3.11
+    import tomli as tomllib
+
+from dotenv import dotenv_values
+
+from chatd.providers import KNOWN_PROVIDERS
+
+log = logging.getLogger("chatd.config")
+
+DEFAULT_CONFIG_PATH = "config/chatd.toml"
+MIB = 1024 * 1024
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where gunicorn listens. Loopback by default: chatd has no inbound auth yet.
+    bind: str = "127.0.0.1:8080"
+    # gunicorn worker processes, and threads per worker (one thread per call in flight).
+    workers: int = 2
+    threads: int = 32
+    # The whole upstream call may take this long (connect, first byte and body).
+    timeout_secs: float = 300.0
+    # Connecting must not take longer than this (capped by timeout_secs).
+    connect_timeout_secs: float = 10.0
+    # Request bodies above this get 413 before they are read whole.
+    max_request_bytes: int = 4 * MIB
+    # Upstream answers above this are refused with 502; reading stops there.
+    max_response_bytes: int = 32 * MIB
+    # /chat/providers probes Ollama-native upstreams with this timeout and caches the answer.
+    probe_timeout_secs: float = 1.0
+    probe_ttl_secs: float = 5.0
+    log_level: str = "info"
+    # Base URLs: the public endpoints by default.
+    ollama_url: str = KNOWN_PROVIDERS["ollama"].default_url
+    ollama_cloud_url: str = KNOWN_PROVIDERS["ollama_cloud"].default_url
+    openrouter_url: str = KNOWN_PROVIDERS["openrouter"].default_url
+    opencode_url: str = KNOWN_PROVIDERS["opencode"].default_url
+    kimi_url: str = KNOWN_PROVIDERS["kimi"].default_url
+    # Keys: the env var to read, then a dotenv file consulted for the same name.
+    ollama_cloud_key_env: str = "OLLAMA_API_KEY"
+    ollama_cloud_key_file: str = ""
+    openrouter_key_env: str = "OPENROUTER_API_KEY"
+    openrouter_key_file: str = ""
+    opencode_key_env: str = "OPENCODE_API_KEY"
+    opencode_key_file: str = ""
+    kimi_key_env: str = "KIMI_API_KEY"
+    kimi_key_file: str = ""
+    # Registered providers that answer 503 until removed from this list.
+    disabled_providers: tuple[str, ...] = ()
+    # The file these settings came from, for messages.
+    source: str = "<defaults>"
+
+    def url(self, provider: str) -> str:
+        return getattr(self, f"{provider}_url")
+
+    def key_location(self, provider: str) -> tuple[str, str]:
+        """Return (env var, dotenv file) for ``provider``'s key."""
+        return getattr(self, f"{provider}_key_env"), getattr(self, f"{provider}_key_file")
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "source"}
+
+
+def _check_type(name: str, value, where: str):
+    default = _FIELDS[name].default
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: {name} must be a list of strings")
+        return tuple(value)
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: {name} must be a number")
+        return float(value)
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: {name} must be an integer")
+        return value
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: {name} must be a string")
+    return value
+
+
+def _from_env(name: str, raw: str, where: str):
+    """Parse a ``CHATD_<FIELD>`` value into the field's type."""
+    default = _FIELDS[name].default
+    if isinstance(default, tuple):
+        return tuple(v.strip() for v in raw.split(",") if v.strip())
+    try:
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, int):
+            return int(raw)
+    except ValueError:
+        raise ConfigError(f"{where}: {name} must be a number, got {raw!r}") from None
+    return raw
+
+
+def _validate(settings: Settings) -> None:
+    where = settings.source
+    for name in ("workers", "threads", "max_request_bytes", "max_response_bytes"):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"{where}: {name} must be at least 1")
+    for name in ("timeout_secs", "connect_timeout_secs", "probe_timeout_secs"):
+        if getattr(settings, name) <= 0:
+            raise ConfigError(f"{where}: {name} must be greater than 0")
+    if settings.probe_ttl_secs < 0:
+        raise ConfigError(f"{where}: probe_ttl_secs must not be negative")
+    if settings.log_level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"{where}: log_level must be one of {', '.join(LOG_LEVELS)}")
+    for provider in KNOWN_PROVIDERS:
+        url = settings.url(provider)
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{where}: {provider}_url must be an http:// or https:// URL")
+    for provider in settings.disabled_providers:
+        if provider not in KNOWN_PROVIDERS:
+            raise ConfigError(
+                f"{where}: disabled_providers names unknown provider {provider!r} "
+                f"(known: {', '.join(KNOWN_PROVIDERS)})"
+            )
+    if ":" not in settings.bind and not settings.bind.startswith("unix:"):
+        raise ConfigError(f"{where}: bind must be HOST:PORT or unix:PATH")
+
+
+def load_settings(path: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Load settings from ``path`` (else ``$CHATD_CONFIG``, else the default file).
+
+    :raises ConfigError: the file cannot be read, or a field is unknown or of the wrong type.
+    """
+    environ = os.environ if environ is None else environ
+    path = path or environ.get("CHATD_CONFIG") or DEFAULT_CONFIG_PATH
+    try:
+        with open(path, "rb") as f:
+            document = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+
+    # The file may be shared with other services (the lakehouse config is):
+    # only the [chatd] table is ours, and in it every key must be known.
+    table = document.get("chatd", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [chatd] must be a table")
+    values = {}
+    for name, value in table.items():
+        if name not in _FIELDS:
+            raise ConfigError(f"{path}: [chatd] has unknown field {name!r}")
+        values[name] = _check_type(name, value, f"{path}: [chatd]")
+    for name in _FIELDS:
+        raw = environ.get(f"CHATD_{name.upper()}")
+        if raw is not None:
+            values[name] = _from_env(name, raw, f"CHATD_{name.upper()}")
+
+    settings = Settings(source=path, **values)
+    _validate(settings)
+    return settings
+
+
+def resolve_key(env_name: str, file_path: str, environ: Mapping[str, str]) -> tuple[str, str]:
+    """Return ``(key, where it came from)``; the key is "" when there is none.
+
+    The env var named ``env_name`` wins; when it is empty, the dotenv file
+    ``file_path`` is consulted for the same name. A missing file means no key;
+    an unreadable one is logged (never its contents) and also means no key.
+    """
+    key = environ.get(env_name, "").strip() if env_name else ""
+    if key:
+        return key, f"env {env_name}"
+    if not file_path or not env_name or not os.path.exists(file_path):
+        return "", ""
+    try:
+        key = (dotenv_values(file_path).get(env_name) or "").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        log.warning("cannot read key file %s: %s", file_path, type(e).__name__)
+        return "", ""
+    return (key, f"file {file_path}") if key else ("", "")

@@ -1,0 +1,168 @@
+"""chatd.validation ~~~ A request body in, a checked :class:`ChatRequest` out.
+
+Every rule that can reject a request lives here, and every rejection is a
+:class:`~chatd.errors.BadRequest` whose message names the field. Unknown fields
+are refused rather than dropped, so a typo (``max_token``) or a
+provider-native knob in the wrong place (``top_k``, which belongs in
+``options``) is said at once instead of silently ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from chatd.errors import BadRequest
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    model: str
+    messages: list
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    stop: list[str] | None = None
+    seed: int | None = None
+    #: "json" for JSON mode, or a JSON-schema object for structured output.
+    format: str | dict | None = None
+    #: Provider-native extras, merged last into what is sent upstream.
+    options: dict = field(default_factory=dict)
+    tools: list | None = None
+    tool_choice: str | dict | None = None
+    stream: bool = False
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_message(i: int, message) -> None:
+    where = f"messages[{i}]"
+    if not isinstance(message, dict):
+        raise BadRequest(f"{where} must be an object")
+    role = message.get("role")
+    if not isinstance(role, str):
+        raise BadRequest(f"{where}.role is required and must be a string")
+    if role not in ROLES:
+        raise BadRequest(f"{where}.role must be one of {', '.join(ROLES)}, got {role!r}")
+    content = message.get("content")
+    if isinstance(content, str):
+        return
+    if isinstance(content, list):
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise BadRequest(f"{where}.content[{j}] must be an object with a string 'type'")
+        return
+    # An assistant turn that only calls tools may carry no content (OpenAI allows null).
+    if content is None and role == "assistant" and message.get("tool_calls"):
+        return
+    raise BadRequest(f"{where}.content must be a string or a list of content parts")
+
+
+def _check_messages(messages) -> list:
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("messages is required and must be a non-empty list")
+    for i, message in enumerate(messages):
+        _check_message(i, message)
+    return messages
+
+
+def _optional_number(body: dict, name: str, low: float = 0.0) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not _is_number(value) or value < low:
+        raise BadRequest(f"{name} must be a number of at least {low:g}")
+    return value
+
+
+def _check_stop(value) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(s, str) for s in value):
+        return value
+    raise BadRequest("stop must be a string or a list of strings")
+
+
+def _check_format(value):
+    if value is None or value == "json" or isinstance(value, dict):
+        return value
+    raise BadRequest('format must be "json" or a JSON-schema object')
+
+
+def build_chat_request(body) -> ChatRequest:
+    """Check a decoded body against chatd's request shape.
+
+    :raises BadRequest: naming the first field that is missing, mistyped or unknown.
+    """
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    unknown = body.keys() - _ALLOWED
+    if unknown:
+        name = sorted(unknown)[0]
+        raise BadRequest(
+            f"unknown field {name!r}; provider-native parameters go in 'options'",
+        )
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise BadRequest("model is required and must be a non-empty string")
+
+    max_tokens = body.get("max_tokens")
+    if max_tokens is not None and (not _is_int(max_tokens) or max_tokens < 1):
+        raise BadRequest("max_tokens must be a positive integer")
+    seed = body.get("seed")
+    if seed is not None and not _is_int(seed):
+        raise BadRequest("seed must be an integer")
+    options = body.get("options")
+    if options is None:
+        options = {}
+    elif not isinstance(options, dict):
+        raise BadRequest("options must be an object")
+    tools = body.get("tools")
+    if tools is not None and not (
+        isinstance(tools, list) and all(isinstance(t, dict) for t in tools)
+    ):
+        raise BadRequest("tools must be a list of objects")
+    tool_choice = body.get("tool_choice")
+    if tool_choice is not None and not isinstance(tool_choice, str | dict):
+        raise BadRequest("tool_choice must be a string or an object")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequest("stream must be true or false")
+
+    return ChatRequest(
+        model=model,
+        messages=_check_messages(body.get("messages")),
+        temperature=_optional_number(body, "temperature"),
+        top_p=_optional_number(body, "top_p"),
+        max_tokens=max_tokens,
+        stop=_check_stop(body.get("stop")),
+        seed=seed,
+        format=_check_format(body.get("format")),
+        options=options,
+        tools=tools,
+        tool_choice=tool_choice,
+        stream=stream,
+    )
+
+
+_ALLOWED = frozenset(ChatRequest.__slots__)
+
+
+def parse_json(data: bytes):
+    """Decode a request body, turning any decoding failure into a clear 400."""
+    if not data:
+        raise BadRequest("request body is empty; expected a JSON object")
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(f"request body is not valid JSON: {e}") from None

@@ -1,0 +1,4 @@
+# Metadata lives in setup.cfg; this stub lets pip install the project editable.
+from setuptools import setup
+
+setup()
