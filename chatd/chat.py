@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from flask import Blueprint, current_app, g, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from chatd.errors import BadRequest
 from chatd.routing import resolve_model
@@ -17,11 +18,26 @@ from chatd.validation import build_chat_request, parse_json
 bp = Blueprint("chat", __name__)
 
 
+def read_body() -> bytes:
+    """Return the request body; 413 once it passes max_request_bytes, chunked or not.
+
+    werkzeug refuses a too-large Content-Length up front, but a chunked body
+    it reads only up to the limit and stops without saying whether more was
+    coming: one more byte from the server's stream tells.
+    """
+    data = request.get_data(cache=False)
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if len(data) >= limit and request.content_length is None:
+        if request.environ["wsgi.input"].read(1):
+            raise RequestEntityTooLarge()
+    return data
+
+
 @bp.post("/chat")
 def dispatch():
     """Route one chat request to its provider and answer in chatd's shape."""
     registry = current_app.extensions["chatd"].registry
-    chat_request = build_chat_request(parse_json(request.get_data(cache=False)))
+    chat_request = build_chat_request(parse_json(read_body()))
     route = resolve_model(chat_request.model)
     g.provider, g.model = route.provider, chat_request.model
     adapter = registry.get(route.provider)

@@ -54,18 +54,26 @@ def check_config(path: str | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # The subcommand is picked off by hand: argparse would take the value of a
+    # gunicorn flag it does not know (--bind HOST:PORT) for a positional.
+    command = argv.pop(0) if argv and argv[0] in ("serve", "check-config") else "serve"
     parser = argparse.ArgumentParser(
         prog="chatd",
+        usage="chatd [serve|check-config] [--config PATH] [gunicorn flags...]",
         description="Run the chatd LLM dispatcher under gunicorn.",
         epilog="Other arguments are passed on to gunicorn (e.g. --bind 127.0.0.1:9000).",
     )
-    parser.add_argument("command", nargs="?", choices=["serve", "check-config"], default="serve")
-    parser.add_argument("--config", help="TOML config (default: $CHATD_CONFIG or config/chatd.toml)")
-    parser.add_argument("--gunicorn-config", help="gunicorn config file (default: gunicorn.conf.py)")
+    parser.add_argument(
+        "--config", help="TOML config (default: $CHATD_CONFIG or config/chatd.toml)"
+    )
+    parser.add_argument(
+        "--gunicorn-config", help="gunicorn config file (default: gunicorn.conf.py)"
+    )
     args, gunicorn_args = parser.parse_known_args(argv)
 
     try:
-        if args.command == "check-config":
+        if command == "check-config":
             return check_config(args.config)
         settings = load_settings(args.config)
     except ConfigError as e:

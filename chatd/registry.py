@@ -68,9 +68,7 @@ class Registry:
         if adapter is None:
             missing = self.unregistered.get(name)
             hint = f": {missing.hint()}" if missing else ""
-            raise ProviderNotFound(
-                f"provider {name!r} is not configured{hint}", provider=name
-            )
+            raise ProviderNotFound(f"provider {name!r} is not configured{hint}", provider=name)
         if name in self.disabled:
             raise ProviderDisabled(
                 f"provider {name!r} is disabled by disabled_providers", provider=name

@@ -149,8 +149,9 @@ class ChatAdapter:
         try:
             data = json.loads(raw)
         except ValueError:
+            text = trim(raw.decode("utf-8", "replace"), 200)
             raise UpstreamError(
-                f"{self.provider} answered {status} with invalid JSON: {trim(raw.decode('utf-8', 'replace'), 200)}",
+                f"{self.provider} answered {status} with invalid JSON: {text}",
                 provider=self.provider,
                 upstream_status=status,
             ) from None

@@ -1,0 +1,81 @@
+"""Shared fixtures: settings on unroutable hosts, the app, its client, a strict HTTP mock.
+
+Every test starts with no provider key and no CHATD_* variable in the
+environment, so a developer's real keys can never reach a test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+import responses
+
+from chatd.app import create_app
+from chatd.config import Settings
+
+# Keys the tests hand to providers; the log and body checks look for them.
+TEST_KEYS = {
+    "OLLAMA_API_KEY": "test-ollama-cloud-key-0001",
+    "OPENROUTER_API_KEY": "test-openrouter-key-0002",
+    "OPENCODE_API_KEY": "test-opencode-key-0003",
+    "KIMI_API_KEY": "test-kimi-key-0004",
+}
+
+# `.test` is reserved (RFC 2606): nothing real answers there.
+TEST_URLS = {
+    "ollama_url": "http://ollama.test",
+    "ollama_cloud_url": "http://ollama-cloud.test",
+    "openrouter_url": "http://openrouter.test/api/v1",
+    "opencode_url": "http://opencode.test/zen/v1",
+    "kimi_url": "http://kimi.test/coding/v1",
+}
+
+
+@pytest.fixture(autouse=True)
+def _clean_environ(monkeypatch):
+    for name in list(os.environ):
+        if name.startswith("CHATD_") or name.endswith("_API_KEY"):
+            monkeypatch.delenv(name)
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(timeout_secs=5.0, connect_timeout_secs=2.0, threads=4, **TEST_URLS)
+
+
+@pytest.fixture
+def environ() -> dict[str, str]:
+    """Where the app looks up keys: every cloud provider has one."""
+    return dict(TEST_KEYS)
+
+
+@pytest.fixture
+def app(settings, environ):
+    return create_app(settings, environ=environ)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def make_app(environ):
+    """Build an app from settings overrides: ``make_app(disabled_providers=("kimi",))``."""
+
+    def _make(environ=environ, **overrides):
+        base = Settings(timeout_secs=5.0, connect_timeout_secs=2.0, threads=4, **TEST_URLS)
+        return create_app(dataclasses.replace(base, **overrides), environ=environ)
+
+    return _make
+
+
+@pytest.fixture
+def upstream():
+    """A strict HTTP mock: unmatched calls fail, and every registered call must happen."""
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
+        yield mock

@@ -1,0 +1,115 @@
+"""Run chatd for real: gunicorn on a free loopback port, stopped whatever happens.
+
+Used by the live tests (and shaped so the benchmark can use it too)::
+
+    with run_chatd(config_path, env) as chatd:
+        requests.post(chatd.url + "/chat", json=...)
+        chatd.log_text()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 20
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The current environment without provider keys or CHATD_* settings, plus ``extra``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not (k.startswith("CHATD_") or k.endswith("_API_KEY") or k.lower().endswith("_proxy"))
+    }
+    env.update(extra)
+    return env
+
+
+class LiveChatd:
+    def __init__(self, process: subprocess.Popen, url: str, log_path: Path):
+        self.process = process
+        self.url = url
+        self.log_path = log_path
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def write_config(path: Path, **fields) -> Path:
+    """Write a [chatd] TOML table of ``fields``."""
+    lines = ["[chatd]"]
+    for name, value in fields.items():
+        if isinstance(value, str):
+            lines.append(f'{name} = "{value}"')
+        elif isinstance(value, list | tuple):
+            lines.append(
+                f"{name} = [{', '.join(repr(v).replace(chr(39), chr(34)) for v in value)}]"
+            )
+        else:
+            lines.append(f"{name} = {value}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@contextlib.contextmanager
+def run_chatd(config_path: Path, env: dict[str, str], *args: str, workers: int = 1):
+    """Start ``chatd --config config_path`` under gunicorn; stop it on exit."""
+    port = free_port()
+    chatd_script = Path(sys.executable).parent / "chatd"
+    log_file = tempfile.NamedTemporaryFile(prefix="chatd-live-", suffix=".log", delete=False)
+    command = [
+        str(chatd_script),
+        "--config",
+        str(config_path),
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+        *args,
+    ]
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"chatd exited {process.returncode}: {Path(log_file.name).read_text()}"
+                )
+            try:
+                if requests.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"chatd did not start: {Path(log_file.name).read_text()}")
+            time.sleep(0.1)
+        yield LiveChatd(process, url, Path(log_file.name))
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+        log_file.close()
