@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from flask import Flask, g, request
 
-from chatd import chat, health
+from chatd import chat, health, openai_api
 from chatd.config import Settings, load_settings
 from chatd.errors import register_error_handlers
 from chatd.registry import Registry, build_registry
@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None, *, environ: Mapping[str, str] |
     register_error_handlers(app)
     app.register_blueprint(chat.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(openai_api.bp)
     app.before_request(_start_timer)
     app.after_request(_log_access)
     return app

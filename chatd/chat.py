@@ -11,8 +11,8 @@ import time
 from flask import Blueprint, current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from chatd.errors import BadRequest
 from chatd.routing import resolve_model
+from chatd.streaming import chat_events, stream_response
 from chatd.validation import build_chat_request, parse_json
 
 bp = Blueprint("chat", __name__)
@@ -42,7 +42,8 @@ def dispatch():
     g.provider, g.model = route.provider, chat_request.model
     adapter = registry.get(route.provider)
     if chat_request.stream:
-        raise BadRequest("stream: streaming is not supported yet; send stream false")
+        upstream = adapter.open_stream(chat_request, route.upstream_model)
+        return stream_response(chat_events(upstream, adapter, route), upstream)
     started = time.monotonic()
     answer = adapter.chat(chat_request, route.upstream_model)
     return {

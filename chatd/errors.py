@@ -33,7 +33,15 @@ class ChatdError(Exception):
         self.details = details
 
     def to_dict(self) -> dict:
-        return {"error": {"type": self.error_type, "message": self.message, **self.details}}
+        # `code` too, so OpenAI SDKs read the same body (they look for message, type, code).
+        return {
+            "error": {
+                "type": self.error_type,
+                "message": self.message,
+                "code": self.error_type,
+                **self.details,
+            }
+        }
 
 
 class BadRequest(ChatdError):
@@ -55,6 +63,10 @@ class ProviderDisabled(ChatdError):
 
     status_code = 503
     error_type = "provider_disabled"
+
+    def __init__(self, message: str, **details):
+        # Switched off by config: an SDK's automatic retry of this 503 cannot help.
+        super().__init__(message, headers={"x-should-retry": "false"}, **details)
 
 
 class UpstreamError(ChatdError):
@@ -113,7 +125,8 @@ def _handle_http_exception(error: HTTPException):
     elif error.code == 413:
         limit = current_app.config.get("MAX_CONTENT_LENGTH")
         message = f"request body is larger than max_request_bytes ({limit} bytes)"
-    body = {"error": {"type": _HTTP_ERROR_TYPES.get(error.code, "http_error"), "message": message}}
+    error_type = _HTTP_ERROR_TYPES.get(error.code, "http_error")
+    body = {"error": {"type": error_type, "message": message, "code": error_type}}
     response = jsonify(body)
     response.status_code = error.code or 500
     if error.code == 405 and error.valid_methods:

@@ -11,15 +11,21 @@ import logging
 import os
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from chatd.adapters import ADAPTERS, ChatAdapter
 from chatd.config import Settings, resolve_key
-from chatd.errors import ProviderDisabled, ProviderNotFound
+from chatd.errors import ProviderDisabled, ProviderNotFound, UpstreamError
 from chatd.providers import KNOWN_PROVIDERS
 from chatd.sessions import make_session
 
 log = logging.getLogger("chatd.registry")
+
+# Model lists are fetched with a short timeout and reused for a minute: they
+# change rarely, and /v1/models must not wait on a slow provider.
+MODELS_TIMEOUT = 5.0
+MODELS_TTL = 60.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,7 @@ class Registry:
         self.key_sources = dict(key_sources or {})
         self._probe_ttl = probe_ttl
         self._probes: dict[str, tuple[float, bool]] = {}
+        self._models: tuple[float, list[dict]] | None = None
 
     def names(self) -> list[str]:
         return list(self._adapters)
@@ -86,6 +93,32 @@ class Registry:
         ok = self._adapters[name].probe()
         self._probes[name] = (now + self._probe_ttl, ok)
         return ok
+
+    def list_models(self) -> list[dict]:
+        """Return every enabled provider's models as OpenAI model objects, ids as chatd routes them.
+
+        Providers are asked at once; one that fails is skipped and logged.
+        """
+        now = time.monotonic()
+        if self._models is not None and self._models[0] > now:
+            return self._models[1]
+        names = [name for name in self._adapters if name not in self.disabled]
+
+        def fetch(name: str) -> list[dict]:
+            try:
+                ids = self._adapters[name].list_models(MODELS_TIMEOUT)
+            except UpstreamError as e:
+                log.warning("model list skipped: %s", e.message)
+                return []
+            return [
+                {"id": f"{name}/{model}", "object": "model", "created": 0, "owned_by": name}
+                for model in ids
+            ]
+
+        with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+            models = [model for listed in pool.map(fetch, names) for model in listed]
+        self._models = (now + MODELS_TTL, models)
+        return models
 
     def close(self) -> None:
         for adapter in self._adapters.values():

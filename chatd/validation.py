@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from chatd.errors import BadRequest
 
 ROLES = ("system", "user", "assistant", "tool")
+# OpenAI's newer name for a system turn; accepted on /v1 (sent to Ollama as system).
+OPENAI_ROLES = (*ROLES, "developer")
 
 
 @dataclass(slots=True)
@@ -43,15 +45,15 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_message(i: int, message) -> None:
+def _check_message(i: int, message, roles: tuple[str, ...]) -> None:
     where = f"messages[{i}]"
     if not isinstance(message, dict):
         raise BadRequest(f"{where} must be an object")
     role = message.get("role")
     if not isinstance(role, str):
         raise BadRequest(f"{where}.role is required and must be a string")
-    if role not in ROLES:
-        raise BadRequest(f"{where}.role must be one of {', '.join(ROLES)}, got {role!r}")
+    if role not in roles:
+        raise BadRequest(f"{where}.role must be one of {', '.join(roles)}, got {role!r}")
     content = message.get("content")
     if isinstance(content, str):
         return
@@ -66,11 +68,11 @@ def _check_message(i: int, message) -> None:
     raise BadRequest(f"{where}.content must be a string or a list of content parts")
 
 
-def _check_messages(messages) -> list:
+def _check_messages(messages, roles: tuple[str, ...]) -> list:
     if not isinstance(messages, list) or not messages:
         raise BadRequest("messages is required and must be a non-empty list")
     for i, message in enumerate(messages):
-        _check_message(i, message)
+        _check_message(i, message, roles)
     return messages
 
 
@@ -99,7 +101,7 @@ def _check_format(value):
     raise BadRequest('format must be "json" or a JSON-schema object')
 
 
-def build_chat_request(body) -> ChatRequest:
+def build_chat_request(body, roles: tuple[str, ...] = ROLES) -> ChatRequest:
     """Check a decoded body against chatd's request shape.
 
     :raises BadRequest: naming the first field that is missing, mistyped or unknown.
@@ -141,7 +143,7 @@ def build_chat_request(body) -> ChatRequest:
 
     return ChatRequest(
         model=model,
-        messages=_check_messages(body.get("messages")),
+        messages=_check_messages(body.get("messages"), roles),
         temperature=_optional_number(body, "temperature"),
         top_p=_optional_number(body, "top_p"),
         max_tokens=max_tokens,
@@ -156,6 +158,47 @@ def build_chat_request(body) -> ChatRequest:
 
 
 _ALLOWED = frozenset(ChatRequest.__slots__)
+
+
+def _format_from(response_format) -> str | dict | None:
+    """Map OpenAI's ``response_format`` to chatd's ``format``."""
+    if not isinstance(response_format, dict):
+        raise BadRequest("response_format must be an object")
+    kind = response_format.get("type")
+    if kind == "json_object":
+        return "json"
+    if kind == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise BadRequest("response_format.json_schema.schema must be an object")
+        return schema
+    if kind == "text":
+        return None
+    raise BadRequest("response_format.type must be text, json_object or json_schema")
+
+
+def build_openai_request(body) -> tuple[ChatRequest, bool]:
+    """Check an OpenAI chat-completions body; return it as a ChatRequest and
+    whether the client asked for usage in its stream.
+
+    OpenAI fields chatd has no name for travel in ``options``: OpenAI-style
+    upstreams get them back at the top level unchanged, Ollama gets the ones
+    it understands.
+    """
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    fields = {key: value for key, value in body.items() if key in _ALLOWED and key != "options"}
+    native = {key: value for key, value in body.items() if key not in _ALLOWED}
+    if "max_tokens" not in fields and "max_completion_tokens" in native:
+        fields["max_tokens"] = native.pop("max_completion_tokens")
+    if native.get("response_format") is not None:
+        fields["format"] = _format_from(native["response_format"])
+    stream_options = native.pop("stream_options", None) or {}
+    if not isinstance(stream_options, dict):
+        raise BadRequest("stream_options must be an object")
+    if native:
+        fields["options"] = native
+    return build_chat_request(fields, OPENAI_ROLES), bool(stream_options.get("include_usage"))
 
 
 def parse_json(data: bytes):

@@ -77,6 +77,8 @@ class FakeUpstream:
         self.reply = reply
         self.requests: list[Recorded] = []
         self.connections = 0
+        # Streams whose reader hung up before the stream ended.
+        self.hangups = 0
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self.behave()
@@ -85,7 +87,10 @@ class FakeUpstream:
         """Set how the next chat calls are answered.
 
         modes: ok, status (status, body, headers), hang (delay), drip (interval,
-        size), reset, invalid_json, big (size).
+        size), reset, invalid_json, big (size). Streaming calls in mode ok send
+        ``pieces`` (a list of strings) ``interval`` seconds apart; ``cut_after``
+        N pieces drops the connection, ``error_after`` N pieces sends an in-band
+        error, ``stall_after`` N pieces goes quiet for ``stall`` seconds.
         """
         self.mode = mode
         self.options = options
@@ -125,6 +130,8 @@ class FakeUpstream:
         if not recorded.path.endswith(self.chat_path):
             return self.send(handler, 404, {"error": f"no route {recorded.path}"})
         mode, opt = self.mode, self.options
+        if mode == "ok" and recorded.json.get("stream"):
+            return self._stream(handler, recorded.json)
         if mode == "ok":
             return self.send(handler, 200, self.chat_answer(recorded.json))
         if mode == "status":
@@ -164,6 +171,49 @@ class FakeUpstream:
         handler.wfile.write(raw)
         handler.wfile.flush()
 
+    # -- streaming -------------------------------------------------------------
+
+    content_type = ""
+
+    def stream_events(self, body: dict, pieces: list[str]) -> list[bytes]:
+        """Return the wire events for a whole stream, last one included."""
+        raise NotImplementedError
+
+    def error_event(self, message: str) -> bytes:
+        raise NotImplementedError
+
+    def _stream(self, handler, body: dict) -> None:
+        opt = self.options
+        pieces = opt.get("pieces", ["Hel", "lo", " there"])
+        events = self.stream_events(body, pieces)
+        handler.send_response(200)
+        handler.send_header("Content-Type", self.content_type)
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        handler.close_connection = True
+        cut, fail, stall = opt.get("cut_after"), opt.get("error_after"), opt.get("stall_after")
+        try:
+            for i, event in enumerate(events):
+                if i == cut:
+                    handler.wfile.flush()
+                    handler.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if i == fail:
+                    event = self.error_event("the model crashed")
+                if i == stall and self._stopping.wait(opt.get("stall", WAIT_EVENT_TIMEOUT)):
+                    return
+                if i and opt.get("interval") and self._stopping.wait(opt["interval"]):
+                    return
+                handler.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+                handler.wfile.flush()
+                if i == fail:
+                    break
+            handler.wfile.write(b"0\r\n\r\n")
+            handler.wfile.flush()
+        except OSError:
+            with self._lock:
+                self.hangups += 1
+
     def _drip(self, handler, interval: float, size: int) -> None:
         """Promise ``size`` bytes, then send one every ``interval`` seconds."""
         handler.send_response(200)
@@ -198,6 +248,26 @@ class FakeOllama(FakeUpstream):
     """Ollama's native API: POST /api/chat, GET /api/version and /api/tags."""
 
     chat_path = "/api/chat"
+    content_type = "application/x-ndjson"
+
+    def stream_events(self, body, pieces):
+        line = {"model": body.get("model"), "created_at": "2026-01-01T00:00:00Z", "done": False}
+        events = [
+            json.dumps({**line, "message": {"role": "assistant", "content": p}}).encode() + b"\n"
+            for p in pieces
+        ]
+        last = {
+            **line,
+            "message": {"role": "assistant", "content": ""},
+            "done": True,
+            "done_reason": "stop",
+            "prompt_eval_count": 7,
+            "eval_count": len(pieces),
+        }
+        return [*events, json.dumps(last).encode() + b"\n"]
+
+    def error_event(self, message):
+        return json.dumps({"error": message}).encode() + b"\n"
 
     def answer_get(self, handler, recorded):
         if recorded.path.endswith("/api/version"):
@@ -223,6 +293,42 @@ class FakeOpenAI(FakeUpstream):
     """OpenAI chat completions: POST {base}/chat/completions, GET {base}/models."""
 
     chat_path = "/chat/completions"
+    content_type = "text/event-stream"
+
+    def stream_events(self, body, pieces):
+        head = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": body.get("model"),
+        }
+
+        def event(choices, **extra):
+            return b"data: " + json.dumps({**head, "choices": choices, **extra}).encode() + b"\n\n"
+
+        def delta(d, finish=None):
+            return [{"index": 0, "delta": d, "finish_reason": finish}]
+
+        events = [b": OPENROUTER PROCESSING\n\n" + event(delta({"role": "assistant"}))]
+        events += [event(delta({"content": p})) for p in pieces]
+        events.append(event(delta({}, "stop")))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {
+                "prompt_tokens": 11,
+                "completion_tokens": len(pieces),
+                "total_tokens": 11 + len(pieces),
+            }
+            events.append(event([], usage=usage))
+        events.append(b"data: [DONE]\n\n")
+        return events
+
+    def error_event(self, message):
+        # OpenRouter's in-band error: a chunk with a top-level error.
+        body = {
+            "error": {"code": 502, "message": message},
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "error"}],
+        }
+        return b"data: " + json.dumps(body).encode() + b"\n\n"
 
     def answer_get(self, handler, recorded):
         if recorded.path.endswith("/models"):

@@ -113,3 +113,35 @@ def run_chatd(config_path: Path, env: dict[str, str], *args: str, workers: int =
                 process.kill()
                 process.wait(5)
         log_file.close()
+
+
+@contextlib.contextmanager
+def fake_providers():
+    """One fake upstream per provider, each replying with "from <provider>"."""
+    from tests.fakes import FakeOllama, FakeOpenAI
+
+    with (
+        FakeOllama("from local ollama") as ollama,
+        FakeOllama("from ollama cloud") as ollama_cloud,
+        FakeOpenAI("from openrouter") as openrouter,
+        FakeOpenAI("from opencode") as opencode,
+        FakeOpenAI("from kimi") as kimi,
+    ):
+        yield {
+            "ollama": ollama,
+            "ollama_cloud": ollama_cloud,
+            "openrouter": openrouter,
+            "opencode": opencode,
+            "kimi": kimi,
+        }
+
+
+def provider_urls(fakes: dict) -> dict[str, str]:
+    """The [chatd] URL fields pointing each provider at its fake (with the real path prefixes)."""
+    return {
+        "ollama_url": fakes["ollama"].url,
+        "ollama_cloud_url": fakes["ollama_cloud"].url,
+        "openrouter_url": fakes["openrouter"].url + "/api/v1",
+        "opencode_url": fakes["opencode"].url + "/zen/v1",
+        "kimi_url": fakes["kimi"].url + "/coding/v1",
+    }

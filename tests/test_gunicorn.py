@@ -15,8 +15,7 @@ import requests
 
 from chatd import __version__
 from tests.conftest import TEST_KEYS
-from tests.fakes import FakeOllama, FakeOpenAI
-from tests.live import ROOT, clean_env, run_chatd, write_config
+from tests.live import ROOT, clean_env, fake_providers, provider_urls, run_chatd, write_config
 
 TIMEOUT_SECS = 2.0
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -24,20 +23,8 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 
 @pytest.fixture(scope="module")
 def fakes():
-    with (
-        FakeOllama("from local ollama") as ollama,
-        FakeOllama("from ollama cloud") as ollama_cloud,
-        FakeOpenAI("from openrouter") as openrouter,
-        FakeOpenAI("from opencode") as opencode,
-        FakeOpenAI("from kimi") as kimi,
-    ):
-        yield {
-            "ollama": ollama,
-            "ollama_cloud": ollama_cloud,
-            "openrouter": openrouter,
-            "opencode": opencode,
-            "kimi": kimi,
-        }
+    with fake_providers() as fakes:
+        yield fakes
 
 
 @pytest.fixture(autouse=True)
@@ -55,11 +42,7 @@ def live(fakes, tmp_path_factory):
         connect_timeout_secs=1.0,
         max_request_bytes=64 * 1024,
         threads=8,
-        ollama_url=fakes["ollama"].url,
-        ollama_cloud_url=fakes["ollama_cloud"].url,
-        openrouter_url=fakes["openrouter"].url + "/api/v1",
-        opencode_url=fakes["opencode"].url + "/zen/v1",
-        kimi_url=fakes["kimi"].url + "/coding/v1",
+        **provider_urls(fakes),
     )
     with run_chatd(config, clean_env(**TEST_KEYS), workers=2) as chatd:
         yield chatd

@@ -1,29 +1,36 @@
 """chatd.adapters.base ~~~ What every wire format shares: sending, timing, errors.
 
-:meth:`ChatAdapter._post` is the one boundary where ``requests`` and urllib3
-exceptions become chatd's own (:mod:`chatd.errors`); nothing above an adapter
-sees a transport exception. Subclasses only say how their format's bodies look.
+:meth:`ChatAdapter._send` and the readers below are the one boundary where
+``requests`` and urllib3 exceptions become chatd's own (:mod:`chatd.errors`);
+nothing above an adapter sees a transport exception. Subclasses say how their
+format's bodies, answers and stream events look, and how each maps to chatd's
+``/chat`` shape and to OpenAI's.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 import requests
 import urllib3
 
-from chatd.errors import (
-    UpstreamError,
-    UpstreamRateLimited,
-    UpstreamTimeout,
-    trim,
-)
+from chatd.adapters.framing import BadEvent, StreamCut
+from chatd.errors import UpstreamError, UpstreamRateLimited, UpstreamTimeout, trim
 from chatd.validation import ChatRequest
 
 # Error bodies are read no further than this: only the first KiB is passed on.
 MAX_ERROR_BODY = 64 * 1024
 READ_SIZE = 64 * 1024
+# Upstream statuses a retry cannot fix: the key, the model or the request is wrong.
+NOT_RETRYABLE = frozenset({400, 401, 402, 403, 404, 413, 422})
+# A 429 that says a usage quota is spent, not a passing rate limit (Ollama Cloud,
+# Zen, Kimi word it this way); retrying soon only burns the client's budget.
+QUOTA_TEXT = re.compile(r"usage limit|quota|insufficient|exceeded your", re.IGNORECASE)
+DONT_RETRY = {"x-should-retry": "false"}
 
 
 def error_text(body) -> str | None:
@@ -49,10 +56,49 @@ def upstream_message(raw: bytes) -> str:
         return trim(text)
 
 
+def usage(prompt: int, completion: int, total: int | None = None) -> dict:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": total or prompt + completion,
+    }
+
+
 def _socket_of(response: requests.Response):
-    """Return the socket under ``response`` so its timeout can shrink as the deadline nears."""
+    """Return the socket under ``response`` so its timeout can follow our deadline."""
     connection = getattr(response.raw, "_connection", None)
     return getattr(connection, "sock", None)
+
+
+@dataclass
+class ChunkContext:
+    """What translating one stream into OpenAI chunks must remember between events."""
+
+    model: str
+    include_usage: bool
+    id: str = ""
+    created: int = 0
+    tool_calls: int = 0
+
+
+class UpstreamStream:
+    """An open upstream stream of raw events, the first already read.
+
+    Iterate it once; :meth:`close` hangs up on the upstream at once (a client
+    that went away must not keep a model generating for nobody).
+    """
+
+    def __init__(self, response: requests.Response, first: dict, rest: Iterator[dict]):
+        self._response = response
+        self.first = first
+        self._rest = rest
+
+    def __iter__(self) -> Iterator[dict]:
+        yield self.first
+        yield from self._rest
+
+    def close(self) -> None:
+        self._response.close()
 
 
 class ChatAdapter:
@@ -60,6 +106,9 @@ class ChatAdapter:
 
     wire = ""
     chat_path = ""
+    models_path = ""
+    #: Splits the upstream's stream lines into events (SSE or NDJSON).
+    iter_events: Callable[[Iterable[bytes]], Iterator[dict]]
 
     def __init__(
         self,
@@ -76,6 +125,7 @@ class ChatAdapter:
         self.provider = provider
         self.base_url = base_url.rstrip("/")
         self.chat_url = self.base_url + self.chat_path
+        self.models_url = self.base_url + self.models_path
         self.probe_url = self.base_url + probe_path if probe_path else None
         self.session = session
         self.timeout = timeout
@@ -94,13 +144,30 @@ class ChatAdapter:
         raise NotImplementedError
 
     def parse_response(self, data: dict) -> dict:
-        """Return ``{"message", "done_reason", "usage"}`` from the upstream's answer."""
+        """Return ``{"message", "done_reason", "usage"}`` from a whole answer."""
+        raise NotImplementedError
+
+    def parse_event(self, event: dict) -> dict:
+        """Return the parts of a stream event for /chat: content, thinking,
+        tool_calls, done_reason, usage (only those present)."""
+        raise NotImplementedError
+
+    def openai_response(self, data: dict, model: str) -> dict:
+        """Return a whole answer as an OpenAI ``chat.completion`` named ``model``."""
+        raise NotImplementedError
+
+    def openai_chunks(self, event: dict, context: ChunkContext) -> list[dict]:
+        """Return a stream event as OpenAI ``chat.completion.chunk`` objects."""
+        raise NotImplementedError
+
+    def parse_models(self, data: dict) -> list[str]:
+        """Return the model ids in the upstream's model list."""
         raise NotImplementedError
 
     # -- shared ----------------------------------------------------------------
 
-    def chat(self, request: ChatRequest, upstream_model: str) -> dict:
-        """Send one non-streaming chat call; return the normalized answer."""
+    def complete(self, request: ChatRequest, upstream_model: str) -> dict:
+        """Send one non-streaming call; return the upstream's answer, checked."""
         data = self._post(self.build_body(request, upstream_model))
         message = error_text(data)
         if message is not None:
@@ -108,11 +175,51 @@ class ChatAdapter:
             raise UpstreamError(
                 f"{self.provider} answered with an error: {message}", provider=self.provider
             )
+        return data
+
+    def chat(self, request: ChatRequest, upstream_model: str) -> dict:
+        """Send one non-streaming call; return it in chatd's shape."""
+        return self.translate(self.parse_response, self.complete(request, upstream_model))
+
+    def translate(self, function, *args):
+        """Apply a format translation, turning a surprise in the upstream's JSON into a 502."""
         try:
-            return self.parse_response(data)
-        except (KeyError, IndexError, TypeError, AttributeError):
+            return function(*args)
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError):
             raise UpstreamError(
                 f"{self.provider} answered with JSON of an unexpected shape",
+                provider=self.provider,
+            ) from None
+
+    def open_stream(self, request: ChatRequest, upstream_model: str) -> UpstreamStream:
+        """Start a streaming call and read its first event.
+
+        Everything that can fail before the first event (connect, status, an
+        error as the first event) raises here, so it still gets its own status code.
+        """
+        response = self._send(self.build_body(request, upstream_model))
+        events = self._events(response)
+        try:
+            first = next(events)
+        except StopIteration:
+            response.close()
+            raise UpstreamError(
+                f"{self.provider} ended its stream before any event", provider=self.provider
+            ) from None
+        except BaseException:
+            response.close()
+            raise
+        return UpstreamStream(response, first, events)
+
+    def list_models(self, timeout: float) -> list[str]:
+        """Return the upstream's model ids; raises UpstreamError on any failure."""
+        try:
+            response = self.session.get(self.models_url, timeout=timeout)
+            response.raise_for_status()
+            return self.translate(self.parse_models, response.json())
+        except (requests.RequestException, ValueError) as e:
+            raise UpstreamError(
+                f"{self.provider} did not list its models ({type(e).__name__})",
                 provider=self.provider,
             ) from None
 
@@ -127,8 +234,10 @@ class ChatAdapter:
             return False
         return response.ok
 
-    def _post(self, body: dict) -> dict:
-        """POST ``body`` as JSON within the total deadline; return the decoded answer."""
+    # -- transport -------------------------------------------------------------
+
+    def _send(self, body: dict) -> requests.Response:
+        """POST ``body`` as JSON; return the open response once its status is 2xx."""
         deadline = time.monotonic() + self.timeout
         payload = json.dumps(body).encode()
         try:
@@ -138,28 +247,35 @@ class ChatAdapter:
         except requests.Timeout:
             raise self._timeout_error() from None
         except requests.RequestException as e:
-            raise self._unreachable_error(e) from None
+            raise UpstreamError(
+                f"{self.provider} is unreachable ({type(e).__name__})", provider=self.provider
+            ) from None
+        if response.status_code >= 400:
+            with response:
+                raw = self._read_body(response, deadline, MAX_ERROR_BODY, truncate=True)
+            raise self._status_error(response.status_code, raw, response.headers)
+        return response
 
+    def _post(self, body: dict) -> dict:
+        """POST ``body`` within the total deadline; return the decoded answer."""
+        deadline = time.monotonic() + self.timeout
+        response = self._send(body)
         with response:
-            status = response.status_code
-            limit = MAX_ERROR_BODY if status >= 400 else self.max_response_bytes
-            raw = self._read_body(response, deadline, limit, truncate=status >= 400)
-        if status >= 400:
-            raise self._status_error(status, raw, response.headers)
+            raw = self._read_body(response, deadline, self.max_response_bytes, truncate=False)
         try:
             data = json.loads(raw)
         except ValueError:
             text = trim(raw.decode("utf-8", "replace"), 200)
             raise UpstreamError(
-                f"{self.provider} answered {status} with invalid JSON: {text}",
+                f"{self.provider} answered {response.status_code} with invalid JSON: {text}",
                 provider=self.provider,
-                upstream_status=status,
+                upstream_status=response.status_code,
             ) from None
         if not isinstance(data, dict):
             raise UpstreamError(
                 f"{self.provider} answered with JSON that is not an object",
                 provider=self.provider,
-                upstream_status=status,
+                upstream_status=response.status_code,
             )
         return data
 
@@ -173,28 +289,34 @@ class ChatAdapter:
         what is left of the total deadline, and ``read1`` returns whatever has
         arrived instead of waiting for a full buffer.
         """
-        sock = _socket_of(response)
         chunks = []
         size = 0
+        for chunk in self._reads(response, lambda: deadline):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                if truncate:
+                    break
+                raise UpstreamError(
+                    f"{self.provider} answer is larger than max_response_bytes ({limit} bytes)",
+                    provider=self.provider,
+                )
+        return b"".join(chunks)
+
+    def _reads(self, response: requests.Response, deadline: Callable[[], float]):
+        """Yield what each read returns, each read bounded by ``deadline()``."""
+        sock = _socket_of(response)
         try:
             while True:
-                remaining = deadline - time.monotonic()
+                remaining = deadline() - time.monotonic()
                 if remaining <= 0:
                     raise self._timeout_error()
                 if sock is not None:
                     sock.settimeout(remaining)
                 chunk = response.raw.read1(READ_SIZE, decode_content=True)
                 if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > limit:
-                    if truncate:
-                        break
-                    raise UpstreamError(
-                        f"{self.provider} answer is larger than max_response_bytes ({limit} bytes)",
-                        provider=self.provider,
-                    )
+                    return
+                yield chunk
         except urllib3.exceptions.ReadTimeoutError:
             raise self._timeout_error() from None
         except (OSError, urllib3.exceptions.HTTPError) as e:
@@ -203,7 +325,59 @@ class ChatAdapter:
                 provider=self.provider,
                 upstream_status=response.status_code,
             ) from None
-        return b"".join(chunks)
+
+    def _lines(self, response: requests.Response) -> Iterator[bytes]:
+        """Yield the stream's lines; time out when no event line came for ``timeout``.
+
+        The deadline is an idle one: a long answer may stream for minutes, but
+        every gap between events is bounded. Comment lines (keep-alives) do
+        not count as events.
+        """
+        # A list, so the deadline read before each read sees the latest event.
+        last_event = [time.monotonic()]
+        size = 0
+        buffer = b""
+        for chunk in self._reads(response, lambda: last_event[0] + self.timeout):
+            size += len(chunk)
+            if size > self.max_response_bytes:
+                raise UpstreamError(
+                    f"{self.provider} stream is longer than max_response_bytes "
+                    f"({self.max_response_bytes} bytes)",
+                    provider=self.provider,
+                )
+            buffer += chunk
+            if b"\n" not in chunk:
+                continue
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                line = line.rstrip(b"\r")
+                if line and not line.startswith(b":"):
+                    last_event[0] = time.monotonic()
+                yield line
+        if buffer:
+            yield buffer
+
+    def _events(self, response: requests.Response) -> Iterator[dict]:
+        """Yield the stream's events; an in-band error, a cut or garbage raises."""
+        try:
+            for event in self.iter_events(self._lines(response)):
+                message = error_text(event)
+                if message is not None:
+                    raise UpstreamError(
+                        f"{self.provider} failed mid-stream: {message}", provider=self.provider
+                    )
+                yield event
+        except StreamCut as e:
+            raise UpstreamError(f"{self.provider} broke off: {e}", provider=self.provider) from None
+        except BadEvent as e:
+            raise UpstreamError(
+                f"{self.provider} sent a stream event that is not JSON: {e}",
+                provider=self.provider,
+            ) from None
+        finally:
+            response.close()
+
+    # -- errors ----------------------------------------------------------------
 
     def _timeout_error(self) -> UpstreamTimeout:
         return UpstreamTimeout(
@@ -211,21 +385,20 @@ class ChatAdapter:
             provider=self.provider,
         )
 
-    def _unreachable_error(self, error: Exception) -> UpstreamError:
-        # The class name says what happened without echoing internals (or a URL with a key).
-        return UpstreamError(
-            f"{self.provider} is unreachable ({type(error).__name__})",
-            provider=self.provider,
-        )
-
     def _status_error(self, status: int, raw: bytes, headers) -> UpstreamError:
-        message = f"{self.provider} answered {status}: {upstream_message(raw)}"
+        text = upstream_message(raw)
+        message = f"{self.provider} answered {status}: {text}"
         if status == 429:
             retry_after = headers.get("Retry-After")
+            out = {"Retry-After": retry_after} if retry_after else {}
+            if QUOTA_TEXT.search(text):
+                out.update(DONT_RETRY)
             return UpstreamRateLimited(
-                message,
-                headers={"Retry-After": retry_after} if retry_after else None,
-                provider=self.provider,
-                upstream_status=status,
+                message, headers=out, provider=self.provider, upstream_status=status
             )
-        return UpstreamError(message, provider=self.provider, upstream_status=status)
+        return UpstreamError(
+            message,
+            headers=DONT_RETRY if status in NOT_RETRYABLE else None,
+            provider=self.provider,
+            upstream_status=status,
+        )

@@ -1,12 +1,15 @@
 """chatd.adapters.openai_compat ~~~ OpenAI chat completions (OpenRouter, OpenCode Zen, Kimi).
 
 chatd's request shape is already OpenAI's, so this is close to a
-pass-through: the model id is swapped and ``format`` becomes ``response_format``.
+pass-through: the model id is swapped and ``format`` becomes
+``response_format``. Streams are SSE; usage is asked for with
+``stream_options.include_usage`` and arrives in a last chunk with no choices.
 """
 
 from __future__ import annotations
 
-from chatd.adapters.base import ChatAdapter
+from chatd.adapters.base import ChatAdapter, ChunkContext, usage
+from chatd.adapters.framing import iter_sse_events
 from chatd.validation import ChatRequest
 
 # Reasoning text arrives under different names; /chat calls it "thinking" as Ollama does.
@@ -20,12 +23,32 @@ def response_format(format_: str | dict) -> dict:
     return {"type": "json_schema", "json_schema": {"name": "response", "schema": format_}}
 
 
+def _usage(data: dict) -> dict:
+    counts = data.get("usage") or {}
+    return usage(
+        counts.get("prompt_tokens") or 0,
+        counts.get("completion_tokens") or 0,
+        counts.get("total_tokens"),
+    )
+
+
+def _thinking(message: dict) -> str | None:
+    for key in REASONING_KEYS:
+        if message.get(key):
+            return message[key]
+    return None
+
+
 class OpenAIChatAdapter(ChatAdapter):
     wire = "openai"
     chat_path = "/chat/completions"
+    models_path = "/models"
+    iter_events = staticmethod(iter_sse_events)
 
     def build_body(self, request: ChatRequest, upstream_model: str) -> dict:
         body = {"model": upstream_model, "messages": request.messages, "stream": request.stream}
+        if request.stream:
+            body["stream_options"] = {"include_usage": True}
         if request.temperature is not None:
             body["temperature"] = request.temperature
         if request.top_p is not None:
@@ -45,25 +68,55 @@ class OpenAIChatAdapter(ChatAdapter):
         body.update(request.options)
         return body
 
+    # -- chatd's /chat shape ---------------------------------------------------
+
     def parse_response(self, data: dict) -> dict:
         choice = data["choices"][0]
         upstream = choice["message"]
         message = {"role": "assistant", "content": upstream.get("content") or ""}
         if upstream.get("tool_calls"):
             message["tool_calls"] = upstream["tool_calls"]
-        for key in REASONING_KEYS:
-            if upstream.get(key):
-                message["thinking"] = upstream[key]
-                break
-        usage = data.get("usage") or {}
-        prompt = usage.get("prompt_tokens") or 0
-        completion = usage.get("completion_tokens") or 0
+        thinking = _thinking(upstream)
+        if thinking:
+            message["thinking"] = thinking
         return {
             "message": message,
             "done_reason": choice.get("finish_reason"),
-            "usage": {
-                "prompt_tokens": prompt,
-                "completion_tokens": completion,
-                "total_tokens": usage.get("total_tokens") or prompt + completion,
-            },
+            "usage": _usage(data),
         }
+
+    def parse_event(self, event: dict) -> dict:
+        parts = {}
+        choices = event.get("choices") or []
+        if choices:
+            delta = choices[0].get("delta") or {}
+            if delta.get("content"):
+                parts["content"] = delta["content"]
+            thinking = _thinking(delta)
+            if thinking:
+                parts["thinking"] = thinking
+            if delta.get("tool_calls"):
+                parts["tool_calls"] = delta["tool_calls"]
+            if choices[0].get("finish_reason"):
+                parts["done_reason"] = choices[0]["finish_reason"]
+        if event.get("usage"):
+            parts["usage"] = _usage(event)
+        return parts
+
+    # -- OpenAI's shapes: pass through, named as the client named the model ----
+
+    def openai_response(self, data: dict, model: str) -> dict:
+        data["choices"][0]["message"]  # an answer without a message is no answer
+        data["model"] = model
+        return data
+
+    def openai_chunks(self, event: dict, context: ChunkContext) -> list[dict]:
+        if not event.get("choices") and not context.include_usage:
+            # A usage-only chunk the client did not ask for: SDK users index
+            # choices[0] on every chunk.
+            return []
+        event["model"] = context.model
+        return [event]
+
+    def parse_models(self, data: dict) -> list[str]:
+        return [model["id"] for model in data["data"]]

@@ -1,0 +1,60 @@
+"""chatd.adapters.framing ~~~ Upstream stream framing: lines into events.
+
+Pure generators over lines (bytes without the newline), tested without HTTP.
+Each returns normally only when the stream said it was finished (SSE
+``data: [DONE]``, an NDJSON object with ``"done": true``); a stream that just
+stops raises :class:`StreamCut`, so a cut stream never looks like a finished one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+
+
+class StreamCut(Exception):
+    """The upstream stream ended without saying it was finished."""
+
+
+class BadEvent(Exception):
+    """An upstream stream event is not a JSON object."""
+
+
+def _decode(payload: bytes) -> dict:
+    try:
+        event = json.loads(payload)
+    except ValueError:
+        raise BadEvent(payload[:200].decode("utf-8", "replace")) from None
+    if not isinstance(event, dict):
+        raise BadEvent(payload[:200].decode("utf-8", "replace"))
+    return event
+
+
+def iter_sse_events(lines: Iterable[bytes]) -> Iterator[dict]:
+    """Yield the JSON of each ``data:`` line; stop at ``[DONE]``.
+
+    Comment lines (``: OPENROUTER PROCESSING``), ``event:``/``id:`` lines and
+    blank separators are skipped; anything after ``[DONE]`` (Zen's cost chunk)
+    is never read.
+    """
+    for line in lines:
+        if not line.startswith(b"data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
+            return
+        if payload:
+            yield _decode(payload)
+    raise StreamCut("the stream ended without data: [DONE]")
+
+
+def iter_ndjson(lines: Iterable[bytes]) -> Iterator[dict]:
+    """Yield one JSON object per non-blank line; stop after ``"done": true``."""
+    for line in lines:
+        if not line.strip():
+            continue
+        event = _decode(line)
+        yield event
+        if event.get("done") is True:
+            return
+    raise StreamCut('the stream ended without a "done": true line')

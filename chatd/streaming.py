@@ -1,0 +1,82 @@
+"""chatd.streaming ~~~ Answering with server-sent events, on /chat and on /v1.
+
+Each piece is written the moment the upstream sends it: the generators below
+yield one event per upstream event and gunicorn writes each at once.
+``X-Accel-Buffering: no`` keeps nginx in front from buffering either. Once the
+200 is out, a failure can only be told in-band: an ``event: error`` and no
+``[DONE]``, so a client can tell a cut stream from a finished one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+
+from flask import Response
+
+from chatd.adapters.base import ChatAdapter, ChunkContext, UpstreamStream, usage
+from chatd.errors import ChatdError
+from chatd.routing import Route
+
+log = logging.getLogger("chatd.streaming")
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+DONE = b"data: [DONE]\n\n"
+DELTA_KEYS = ("content", "thinking", "tool_calls")
+
+
+def sse(data: dict) -> bytes:
+    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+
+
+def error_event(error: ChatdError) -> bytes:
+    body = json.dumps(error.to_dict(), separators=(",", ":")).encode()
+    return b"event: error\ndata: " + body + b"\n\n"
+
+
+def stream_response(events: Iterator[bytes], upstream: UpstreamStream) -> Response:
+    """Answer with ``events``; hang up on ``upstream`` when the client's response closes."""
+    response = Response(events, mimetype="text/event-stream", headers=SSE_HEADERS)
+    # Runs when gunicorn closes the response, also if the client left before
+    # the generator ever ran, so no upstream connection outlives its client.
+    response.call_on_close(upstream.close)
+    return response
+
+
+def chat_events(upstream: UpstreamStream, adapter: ChatAdapter, route: Route) -> Iterator[bytes]:
+    """/chat's stream: a ``delta`` per piece, a last event with done_reason and usage, [DONE]."""
+    head = {"model": route.upstream_model, "provider": route.provider}
+    done_reason = None
+    counts = None
+    try:
+        for event in upstream:
+            parts = adapter.translate(adapter.parse_event, event)
+            delta = {key: parts[key] for key in DELTA_KEYS if key in parts}
+            if delta:
+                yield sse({**head, "delta": delta})
+            done_reason = parts.get("done_reason", done_reason)
+            counts = parts.get("usage", counts)
+        yield sse({**head, "delta": {}, "done_reason": done_reason, "usage": counts or usage(0, 0)})
+        yield DONE
+    except ChatdError as e:
+        log.warning("stream from %s cut: %s", route.provider, e.message)
+        yield error_event(e)
+    finally:
+        upstream.close()
+
+
+def openai_events(
+    upstream: UpstreamStream, adapter: ChatAdapter, context: ChunkContext
+) -> Iterator[bytes]:
+    """/v1's stream: ``chat.completion.chunk`` events, then [DONE]."""
+    try:
+        for event in upstream:
+            for chunk in adapter.translate(adapter.openai_chunks, event, context):
+                yield sse(chunk)
+        yield DONE
+    except ChatdError as e:
+        log.warning("stream from %s cut: %s", adapter.provider, e.message)
+        yield error_event(e)
+    finally:
+        upstream.close()
