@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, current_app, g, request
+from flask import Blueprint, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from chatd.routing import resolve_model
@@ -21,15 +21,20 @@ bp = Blueprint("chat", __name__)
 def read_body() -> bytes:
     """Return the request body; 413 once it passes max_request_bytes, chunked or not.
 
-    werkzeug refuses a too-large Content-Length up front, but a chunked body
-    it reads only up to the limit and stops without saying whether more was
-    coming: one more byte from the server's stream tells.
+    A declared length is checked before anything is read. A chunked body
+    werkzeug reads only up to the limit, stopping without saying whether more
+    was coming: one more byte from the server's stream tells.
     """
-    data = request.get_data(cache=False)
-    limit = current_app.config["MAX_CONTENT_LENGTH"]
-    if len(data) >= limit and request.content_length is None:
-        if request.environ["wsgi.input"].read(1):
+    current = request._get_current_object()
+    limit = current.max_content_length
+    length = current.content_length
+    if length is not None:
+        if length > limit:
             raise RequestEntityTooLarge()
+        return current.environ["wsgi.input"].read(length)
+    data = current.get_data(cache=False)
+    if len(data) >= limit and current.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
     return data
 
 
@@ -39,7 +44,7 @@ def dispatch():
     registry = current_app.extensions["chatd"].registry
     chat_request = build_chat_request(parse_json(read_body()))
     route = resolve_model(chat_request.model)
-    g.provider, g.model = route.provider, chat_request.model
+    request.provider, request.model = route.provider, chat_request.model
     adapter = registry.get(route.provider)
     if chat_request.stream:
         upstream = adapter.open_stream(chat_request, route.upstream_model)

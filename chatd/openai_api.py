@@ -10,7 +10,7 @@ chatd can stand where a gateway's paths point.
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, g
+from flask import Blueprint, current_app, request
 
 from chatd import chat
 from chatd.adapters.base import ChunkContext
@@ -27,7 +27,7 @@ def chat_completions():
     registry = current_app.extensions["chatd"].registry
     chat_request, include_usage = build_openai_request(parse_json(chat.read_body()))
     route = resolve_model(chat_request.model)
-    g.provider, g.model = route.provider, chat_request.model
+    request.provider, request.model = route.provider, chat_request.model
     adapter = registry.get(route.provider)
     if chat_request.stream:
         upstream = adapter.open_stream(chat_request, route.upstream_model)

@@ -9,12 +9,12 @@ yield one event per upstream event and gunicorn writes each at once.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 
 from flask import Response
 
+from chatd import codec
 from chatd.adapters.base import ChatAdapter, ChunkContext, UpstreamStream, usage
 from chatd.errors import ChatdError
 from chatd.routing import Route
@@ -27,12 +27,11 @@ DELTA_KEYS = ("content", "thinking", "tool_calls")
 
 
 def sse(data: dict) -> bytes:
-    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + codec.dumps(data) + b"\n\n"
 
 
 def error_event(error: ChatdError) -> bytes:
-    body = json.dumps(error.to_dict(), separators=(",", ":")).encode()
-    return b"event: error\ndata: " + body + b"\n\n"
+    return b"event: error\ndata: " + codec.dumps(error.to_dict()) + b"\n\n"
 
 
 def stream_response(events: Iterator[bytes], upstream: UpstreamStream) -> Response:

@@ -9,9 +9,9 @@ provider-native knob in the wrong place (``top_k``, which belongs in
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
+from chatd import codec
 from chatd.errors import BadRequest
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -206,6 +206,6 @@ def parse_json(data: bytes):
     if not data:
         raise BadRequest("request body is empty; expected a JSON object")
     try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
+        return codec.loads(data)
+    except codec.DecodeError as e:
         raise BadRequest(f"request body is not valid JSON: {e}") from None

@@ -8,8 +8,9 @@ stops raises :class:`StreamCut`, so a cut stream never looks like a finished one
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
+
+from chatd import codec
 
 
 class StreamCut(Exception):
@@ -22,8 +23,8 @@ class BadEvent(Exception):
 
 def _decode(payload: bytes) -> dict:
     try:
-        event = json.loads(payload)
-    except ValueError:
+        event = codec.loads(payload)
+    except codec.DecodeError:
         raise BadEvent(payload[:200].decode("utf-8", "replace")) from None
     if not isinstance(event, dict):
         raise BadEvent(payload[:200].decode("utf-8", "replace"))

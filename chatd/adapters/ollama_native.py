@@ -10,10 +10,10 @@ tool calls becomes ``finish_reason: "tool_calls"``.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 
+from chatd import codec
 from chatd.adapters.base import ChatAdapter, ChunkContext, usage
 from chatd.adapters.framing import iter_ndjson
 from chatd.errors import BadRequest
@@ -82,8 +82,8 @@ def _arguments(call: dict):
     if not isinstance(arguments, str):
         return arguments
     try:
-        return json.loads(arguments or "{}")
-    except ValueError:
+        return codec.loads(arguments or "{}")
+    except codec.DecodeError:
         raise BadRequest("messages: tool call arguments must be a JSON object") from None
 
 
@@ -95,7 +95,7 @@ def _openai_tool_calls(calls: list, first_index: int = 0) -> list[dict]:
             "type": "function",
             "function": {
                 "name": call["function"]["name"],
-                "arguments": json.dumps(call["function"].get("arguments") or {}),
+                "arguments": codec.dumps(call["function"].get("arguments") or {}).decode(),
             },
         }
         for i, call in enumerate(calls)
