@@ -17,6 +17,7 @@ from flask import Flask, Request, request
 from chatd import chat, health, openai_api
 from chatd.codec import OrjsonProvider
 from chatd.config import Settings, load_settings
+from chatd.dispatch import Dispatcher
 from chatd.errors import register_error_handlers
 from chatd.registry import Registry, build_registry
 
@@ -49,6 +50,7 @@ class Chatd:
 
     settings: Settings
     registry: Registry
+    dispatcher: Dispatcher
 
 
 def set_up_logging(level: str) -> None:
@@ -70,7 +72,8 @@ def create_app(settings: Settings | None = None, *, environ: Mapping[str, str] |
     app = ChatdFlask(__name__)
     # Werkzeug refuses larger bodies with 413 before reading them, chunked ones included.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
-    app.extensions["chatd"] = Chatd(settings, build_registry(settings, environ))
+    registry = build_registry(settings, environ)
+    app.extensions["chatd"] = Chatd(settings, registry, Dispatcher(registry, settings))
 
     register_error_handlers(app)
     app.register_blueprint(chat.bp)

@@ -11,9 +11,9 @@ import time
 from flask import Blueprint, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from chatd.routing import resolve_model
+from chatd.dispatch import Outcome
 from chatd.streaming import chat_events, stream_response
-from chatd.validation import build_chat_request, parse_json
+from chatd.validation import ChatRequest, build_chat_request, parse_json
 
 bp = Blueprint("chat", __name__)
 
@@ -38,33 +38,63 @@ def read_body() -> bytes:
     return data
 
 
+def fallback_headers(outcome: Outcome) -> dict:
+    """Say what was tried when more than one model name was (an alias or fallbacks)."""
+    if len(outcome.tried) > 1:
+        return {"X-Chatd-Fallbacks": ", ".join(outcome.tried)}
+    return {}
+
+
+def open_stream(chat_request: ChatRequest):
+    """An attempt that opens the stream (its first event read, so failures still retry)."""
+    return lambda adapter, route: adapter.open_stream(chat_request, route.upstream_model)
+
+
 @bp.post("/chat")
 def dispatch():
     """Route one chat request to its provider and answer in chatd's shape."""
-    registry = current_app.extensions["chatd"].registry
+    dispatcher = current_app.extensions["chatd"].dispatcher
     chat_request = build_chat_request(parse_json(read_body()))
-    route = resolve_model(chat_request.model)
-    request.provider, request.model = route.provider, chat_request.model
-    adapter = registry.get(route.provider)
+    request.model = chat_request.model
     if chat_request.stream:
-        upstream = adapter.open_stream(chat_request, route.upstream_model)
-        return stream_response(chat_events(upstream, adapter, route), upstream)
+        outcome = dispatcher.run(chat_request, open_stream(chat_request))
+        request.provider = outcome.route.provider
+        upstream = outcome.result
+        response = stream_response(chat_events(upstream, outcome.adapter, outcome.route), upstream)
+        response.headers.update(fallback_headers(outcome))
+        return response
     started = time.monotonic()
-    answer = adapter.chat(chat_request, route.upstream_model)
-    return {
-        "model": route.upstream_model,
-        "provider": route.provider,
-        **answer,
+    outcome = dispatcher.run(
+        chat_request, lambda adapter, route: adapter.chat(chat_request, route.upstream_model)
+    )
+    request.provider = outcome.route.provider
+    body = {
+        "model": outcome.route.upstream_model,
+        "provider": outcome.route.provider,
+        **outcome.result,
         "latency_ms": int((time.monotonic() - started) * 1000),
     }
+    return body, 200, fallback_headers(outcome)
 
 
 @bp.get("/chat/providers")
 def list_providers():
     """List the registered providers and whether each can take calls now."""
-    registry = current_app.extensions["chatd"].registry
+    chatd = current_app.extensions["chatd"]
+    registry, dispatcher = chatd.registry, chatd.dispatcher
+    status = {}
+    for name in registry.names():
+        state = dispatcher.status(name)
+        if name in registry.disabled:
+            state["reason"] = "disabled"
+        elif "reason" not in state and not registry.available(name):
+            state["reason"] = "unreachable"
+        state["available"] = "reason" not in state
+        status[name] = state
     return {
-        "providers": {name: registry.available(name) for name in registry.names()},
+        "providers": {name: state["available"] for name, state in status.items()},
+        # Why a provider is unavailable (disabled, cooldown, unreachable), and its load.
+        "status": status,
         "disabled": sorted(registry.disabled),
         # What to set to register the others; names of env vars and files, never values.
         "unregistered": {name: u.hint() for name, u in registry.unregistered.items()},

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 try:
     import tomllib
@@ -43,10 +43,26 @@ class Settings:
     # gunicorn worker processes, and threads per worker (one thread per call in flight).
     workers: int = 2
     threads: int = 32
-    # The whole upstream call may take this long (connect, first byte and body).
+    # The whole non-streaming upstream call may take this long.
     timeout_secs: float = 300.0
-    # Connecting must not take longer than this (capped by timeout_secs).
+    # Connecting must not take longer than this.
     connect_timeout_secs: float = 10.0
+    # From sending the call to the first byte of the answer (or the first
+    # streamed piece); a local Ollama loading a model needs more (see providers.py).
+    first_token_timeout_secs: float = 120.0
+    # Longest gap between two streamed pieces.
+    idle_timeout_secs: float = 60.0
+    # Retries of a call that failed before any byte reached the client.
+    retries: int = 1
+    # Longest wait before a retry; an upstream Retry-After above it is not waited for.
+    retry_max_wait_secs: float = 10.0
+    # This many retryable failures in a row cool a provider down for cooldown_secs.
+    cooldown_failures: int = 5
+    cooldown_secs: float = 30.0
+    # Calls in flight to one provider; 0 means only `threads` limits them.
+    max_in_flight: int = 0
+    # How long a call over max_in_flight waits for a slot before a 503.
+    queue_timeout_secs: float = 5.0
     # Request bodies above this get 413 before they are read whole.
     max_request_bytes: int = 4 * MIB
     # Upstream answers above this are refused with 502; reading stops there.
@@ -72,8 +88,13 @@ class Settings:
     kimi_key_file: str = ""
     # Registered providers that answer 503 until removed from this list.
     disabled_providers: tuple[str, ...] = ()
-    # The file these settings came from, for messages.
+    # [chatd.providers.<name>]: per-provider values of the POLICY_FIELDS.
+    providers: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    # [chatd.aliases]: a model name standing for a list tried in order.
+    aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # The file these settings came from, and the fields it (or CHATD_*) set.
     source: str = "<defaults>"
+    explicit: frozenset[str] = frozenset()
 
     def url(self, provider: str) -> str:
         return getattr(self, f"{provider}_url")
@@ -82,8 +103,38 @@ class Settings:
         """Return (env var, dotenv file) for ``provider``'s key."""
         return getattr(self, f"{provider}_key_env"), getattr(self, f"{provider}_key_file")
 
+    def policy(self, provider: str, name: str) -> float:
+        """Return ``name`` for ``provider``: its [chatd.providers] value, else an
+        explicit [chatd] value, else the provider's built-in default, else ours."""
+        override = self.providers.get(provider, {})
+        if name in override:
+            return override[name]
+        if name not in self.explicit:
+            default = KNOWN_PROVIDERS[provider].defaults.get(name)
+            if default is not None:
+                return default
+        return getattr(self, name)
 
-_FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "source"}
+
+# What [chatd.providers.<name>] may set.
+POLICY_FIELDS = (
+    "timeout_secs",
+    "connect_timeout_secs",
+    "first_token_timeout_secs",
+    "idle_timeout_secs",
+    "retries",
+    "retry_max_wait_secs",
+    "cooldown_failures",
+    "cooldown_secs",
+    "max_in_flight",
+    "queue_timeout_secs",
+)
+_TABLES = ("providers", "aliases")
+_FIELDS = {
+    f.name: f
+    for f in dataclasses.fields(Settings)
+    if f.name not in ("source", "explicit", *_TABLES)
+}
 
 
 def _check_type(name: str, value, where: str):
@@ -120,16 +171,73 @@ def _from_env(name: str, raw: str, where: str):
     return raw
 
 
+def _check_policy(values: Mapping, where: str) -> None:
+    for name in ("workers", "threads", "max_request_bytes", "max_response_bytes"):
+        if name in values and values[name] < 1:
+            raise ConfigError(f"{where}: {name} must be at least 1")
+    for name in (
+        "timeout_secs",
+        "connect_timeout_secs",
+        "first_token_timeout_secs",
+        "idle_timeout_secs",
+        "probe_timeout_secs",
+        "cooldown_secs",
+    ):
+        if name in values and values[name] <= 0:
+            raise ConfigError(f"{where}: {name} must be greater than 0")
+    for name in (
+        "probe_ttl_secs",
+        "retries",
+        "retry_max_wait_secs",
+        "max_in_flight",
+        "queue_timeout_secs",
+    ):
+        if name in values and values[name] < 0:
+            raise ConfigError(f"{where}: {name} must not be negative")
+    if "cooldown_failures" in values and values["cooldown_failures"] < 1:
+        raise ConfigError(f"{where}: cooldown_failures must be at least 1")
+
+
+def _parse_providers(table, where: str) -> dict[str, dict]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: [chatd.providers] must be a table of tables")
+    providers = {}
+    for provider, values in table.items():
+        place = f"{where}: [chatd.providers.{provider}]"
+        if provider not in KNOWN_PROVIDERS:
+            raise ConfigError(f"{place}: unknown provider (known: {', '.join(KNOWN_PROVIDERS)})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{place} must be a table")
+        for name in values:
+            if name not in POLICY_FIELDS:
+                raise ConfigError(f"{place} has unknown field {name!r}")
+        checked = {name: _check_type(name, value, place) for name, value in values.items()}
+        _check_policy(checked, place)
+        providers[provider] = checked
+    return providers
+
+
+def _parse_aliases(table, where: str) -> dict[str, tuple[str, ...]]:
+    place = f"{where}: [chatd.aliases]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{place} must be a table")
+    aliases = {}
+    for alias, models in table.items():
+        if (
+            not isinstance(models, list)
+            or not models
+            or not all(isinstance(m, str) and m for m in models)
+        ):
+            raise ConfigError(f"{place}: {alias} must be a non-empty list of model names")
+        if alias in models:
+            raise ConfigError(f"{place}: {alias} must not list itself")
+        aliases[alias] = tuple(models)
+    return aliases
+
+
 def _validate(settings: Settings) -> None:
     where = settings.source
-    for name in ("workers", "threads", "max_request_bytes", "max_response_bytes"):
-        if getattr(settings, name) < 1:
-            raise ConfigError(f"{where}: {name} must be at least 1")
-    for name in ("timeout_secs", "connect_timeout_secs", "probe_timeout_secs"):
-        if getattr(settings, name) <= 0:
-            raise ConfigError(f"{where}: {name} must be greater than 0")
-    if settings.probe_ttl_secs < 0:
-        raise ConfigError(f"{where}: probe_ttl_secs must not be negative")
+    _check_policy(dataclasses.asdict(settings), where)
     if settings.log_level.lower() not in LOG_LEVELS:
         raise ConfigError(f"{where}: log_level must be one of {', '.join(LOG_LEVELS)}")
     for provider in KNOWN_PROVIDERS:
@@ -168,15 +276,21 @@ def load_settings(path: str | None = None, environ: Mapping[str, str] | None = N
         raise ConfigError(f"{path}: [chatd] must be a table")
     values = {}
     for name, value in table.items():
-        if name not in _FIELDS:
+        if name == "providers":
+            values[name] = _parse_providers(value, path)
+        elif name == "aliases":
+            values[name] = _parse_aliases(value, path)
+        elif name not in _FIELDS:
             raise ConfigError(f"{path}: [chatd] has unknown field {name!r}")
-        values[name] = _check_type(name, value, f"{path}: [chatd]")
+        else:
+            values[name] = _check_type(name, value, f"{path}: [chatd]")
     for name in _FIELDS:
         raw = environ.get(f"CHATD_{name.upper()}")
         if raw is not None:
             values[name] = _from_env(name, raw, f"CHATD_{name.upper()}")
 
-    settings = Settings(source=path, **values)
+    explicit = frozenset(values) - set(_TABLES)
+    settings = Settings(source=path, explicit=explicit, **values)
     _validate(settings)
     return settings
 

@@ -69,11 +69,59 @@ class ProviderDisabled(ChatdError):
         super().__init__(message, headers={"x-should-retry": "false"}, **details)
 
 
+class ProviderCooling(ChatdError):
+    """The provider failed too often in a row and is cooling down; retry after a while."""
+
+    status_code = 503
+    error_type = "provider_disabled"
+
+
+class ProviderBusy(ChatdError):
+    """The provider has ``max_in_flight`` calls running and none finished in time."""
+
+    status_code = 503
+    error_type = "provider_busy"
+
+
+class Overloaded(ChatdError):
+    """Every thread chatd may give to upstream calls is taken."""
+
+    status_code = 503
+    error_type = "overloaded"
+
+
 class UpstreamError(ChatdError):
-    """The upstream was unreachable, failed, or answered with something unusable."""
+    """The upstream was unreachable, failed, or answered with something unusable.
+
+    ``retryable``: the same call may succeed soon (a retry, then a cooldown
+    count); ``retry_after``: seconds the upstream asked us to wait.
+    """
 
     status_code = 502
     error_type = "upstream_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        headers: dict | None = None,
+        **details,
+    ):
+        super().__init__(message, headers=headers, **details)
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+    @property
+    def is_provider_fault(self) -> bool:
+        """Whether this failure says the provider is unwell (cooldown counts it)."""
+        return self.retryable or isinstance(self, UpstreamTimeout)
+
+    @property
+    def request_rejected(self) -> bool:
+        """The upstream refused the request itself: no fallback would take it either."""
+        return self.details.get("upstream_status") in (400, 413, 422)
 
 
 class UpstreamTimeout(UpstreamError):

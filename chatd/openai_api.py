@@ -14,7 +14,6 @@ from flask import Blueprint, current_app, request
 
 from chatd import chat
 from chatd.adapters.base import ChunkContext
-from chatd.routing import resolve_model
 from chatd.streaming import openai_events, stream_response
 from chatd.validation import build_openai_request, parse_json
 
@@ -24,17 +23,23 @@ bp = Blueprint("openai", __name__, url_prefix="/v1")
 @bp.post("/chat/completions")
 def chat_completions():
     """Answer an OpenAI chat-completions request, streamed or whole."""
-    registry = current_app.extensions["chatd"].registry
+    dispatcher = current_app.extensions["chatd"].dispatcher
     chat_request, include_usage = build_openai_request(parse_json(chat.read_body()))
-    route = resolve_model(chat_request.model)
-    request.provider, request.model = route.provider, chat_request.model
-    adapter = registry.get(route.provider)
+    request.model = chat_request.model
     if chat_request.stream:
-        upstream = adapter.open_stream(chat_request, route.upstream_model)
-        context = ChunkContext(model=chat_request.model, include_usage=include_usage)
-        return stream_response(openai_events(upstream, adapter, context), upstream)
-    data = adapter.complete(chat_request, route.upstream_model)
-    return adapter.translate(adapter.openai_response, data, chat_request.model)
+        outcome = dispatcher.run(chat_request, chat.open_stream(chat_request))
+        request.provider = outcome.route.provider
+        upstream, adapter = outcome.result, outcome.adapter
+        context = ChunkContext(model=outcome.model, include_usage=include_usage)
+        response = stream_response(openai_events(upstream, adapter, context), upstream)
+        response.headers.update(chat.fallback_headers(outcome))
+        return response
+    outcome = dispatcher.run(
+        chat_request, lambda adapter, route: adapter.complete(chat_request, route.upstream_model)
+    )
+    request.provider = outcome.route.provider
+    body = outcome.adapter.translate(outcome.adapter.openai_response, outcome.result, outcome.model)
+    return body, 200, chat.fallback_headers(outcome)
 
 
 @bp.get("/models")

@@ -9,7 +9,7 @@ Settings fields follow the names ``<name>_url``, ``<name>_key_env`` and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,9 @@ class ProviderSpec:
     #: Cheap GET whose success means "up"; None = available whenever registered.
     probe_path: str | None = None
     human_name: str = ""
+    #: Built-in values for this provider of chatd.config.POLICY_FIELDS; an
+    #: explicit [chatd] value or a [chatd.providers.<name>] one wins.
+    defaults: dict = field(default_factory=dict)
 
 
 KNOWN_PROVIDERS: dict[str, ProviderSpec] = {
@@ -35,6 +38,17 @@ KNOWN_PROVIDERS: dict[str, ProviderSpec] = {
             None,
             probe_path="/api/version",
             human_name="local Ollama",
+            defaults={
+                # Loading a model from disk can take minutes before the first token.
+                "first_token_timeout_secs": 300.0,
+                # Loopback: a refused or slow connect means Ollama is down.
+                "connect_timeout_secs": 2.0,
+                # Ollama runs one request per model at a time by default
+                # (OLLAMA_NUM_PARALLEL=1) and queues the rest; more in flight
+                # only slows every call down, so the rest wait here, briefly.
+                "max_in_flight": 4,
+                "queue_timeout_secs": 30.0,
+            },
         ),
         ProviderSpec(
             "ollama_cloud",

@@ -18,6 +18,7 @@ from chatd.adapters import ADAPTERS, ChatAdapter
 from chatd.config import Settings, resolve_key
 from chatd.errors import ProviderDisabled, ProviderNotFound, UpstreamError
 from chatd.providers import KNOWN_PROVIDERS
+from chatd.resilience import Policy
 from chatd.sessions import make_session
 
 log = logging.getLogger("chatd.registry")
@@ -64,6 +65,10 @@ class Registry:
 
     def names(self) -> list[str]:
         return list(self._adapters)
+
+    @property
+    def adapters(self) -> Mapping[str, ChatAdapter]:
+        return self._adapters
 
     def get(self, name: str) -> ChatAdapter:
         """Return the adapter for ``name``.
@@ -146,8 +151,7 @@ def build_registry(settings: Settings, environ: Mapping[str, str] | None = None)
             name,
             settings.url(name),
             make_session(headers, pool_size=settings.threads),
-            timeout=settings.timeout_secs,
-            connect_timeout=settings.connect_timeout_secs,
+            policy=Policy.for_provider(settings, name),
             max_response_bytes=settings.max_response_bytes,
             probe_path=spec.probe_path,
             probe_timeout=settings.probe_timeout_secs,

@@ -15,6 +15,7 @@ from chatd import codec
 from chatd.errors import BadRequest
 
 ROLES = ("system", "user", "assistant", "tool")
+MAX_FALLBACKS = 8
 # OpenAI's newer name for a system turn; accepted on /v1 (sent to Ollama as system).
 OPENAI_ROLES = (*ROLES, "developer")
 
@@ -35,6 +36,8 @@ class ChatRequest:
     tools: list | None = None
     tool_choice: str | dict | None = None
     stream: bool = False
+    #: Model names tried in order when the model's provider cannot serve.
+    fallbacks: list[str] | None = None
 
 
 def _is_number(value) -> bool:
@@ -140,6 +143,13 @@ def build_chat_request(body, roles: tuple[str, ...] = ROLES) -> ChatRequest:
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest("stream must be true or false")
+    fallbacks = body.get("fallbacks")
+    if fallbacks is not None and not (
+        isinstance(fallbacks, list)
+        and len(fallbacks) <= MAX_FALLBACKS
+        and all(isinstance(f, str) and f.strip() for f in fallbacks)
+    ):
+        raise BadRequest(f"fallbacks must be a list of at most {MAX_FALLBACKS} model names")
 
     return ChatRequest(
         model=model,
@@ -154,6 +164,7 @@ def build_chat_request(body, roles: tuple[str, ...] = ROLES) -> ChatRequest:
         tools=tools,
         tool_choice=tool_choice,
         stream=stream,
+        fallbacks=fallbacks,
     )
 
 

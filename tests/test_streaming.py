@@ -33,6 +33,8 @@ def live(fakes, tmp_path_factory):
     config = write_config(
         tmp_path_factory.mktemp("stream") / "chatd.toml",
         timeout_secs=TIMEOUT_SECS,
+        first_token_timeout_secs=TIMEOUT_SECS,
+        idle_timeout_secs=TIMEOUT_SECS,
         connect_timeout_secs=1.0,
         threads=8,
         **provider_urls(fakes),
@@ -162,7 +164,9 @@ def test_idle_upstream_is_cut_after_the_idle_deadline(live, fakes):
     events = read_events(stream_chat(live, "llama3.2"))
     elapsed = time.monotonic() - started
     assert events[-1][1] == "error"
-    assert json.loads(events[-1][2])["error"]["type"] == "upstream_timeout"
+    error = json.loads(events[-1][2])["error"]
+    assert error["type"] == "upstream_timeout"
+    assert error["timeout"] == "idle_timeout_secs"
     assert TIMEOUT_SECS * 0.9 <= elapsed < TIMEOUT_SECS + 1.5
 
 

@@ -20,6 +20,7 @@ import urllib3
 from chatd import codec
 from chatd.adapters.framing import BadEvent, StreamCut
 from chatd.errors import UpstreamError, UpstreamRateLimited, UpstreamTimeout, trim
+from chatd.resilience import Policy
 from chatd.validation import ChatRequest
 
 # Error bodies are read no further than this: only the first KiB is passed on.
@@ -31,6 +32,16 @@ NOT_RETRYABLE = frozenset({400, 401, 402, 403, 404, 413, 422})
 # Zen, Kimi word it this way); retrying soon only burns the client's budget.
 QUOTA_TEXT = re.compile(r"usage limit|quota|insufficient|exceeded your", re.IGNORECASE)
 DONT_RETRY = {"x-should-retry": "false"}
+# Upstream statuses that say "try again soon" (with 429, unless a quota is spent).
+RETRYABLE = frozenset({502, 503, 504})
+
+
+def retry_after_secs(value: str | None) -> float | None:
+    """Parse a Retry-After in seconds; HTTP dates are not honoured (None)."""
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
 
 
 def error_text(body) -> str | None:
@@ -92,13 +103,26 @@ class UpstreamStream:
         self._response = response
         self.first = first
         self._rest = rest
+        self._on_close: list[Callable[[], None]] = []
+        self._closed = False
 
     def __iter__(self) -> Iterator[dict]:
         yield self.first
         yield from self._rest
 
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, when the stream closes (a slot it holds, say)."""
+        self._on_close.append(callback)
+
     def close(self) -> None:
-        self._response.close()
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._response.close()
+        finally:
+            for callback in self._on_close:
+                callback()
 
 
 class ChatAdapter:
@@ -116,8 +140,7 @@ class ChatAdapter:
         base_url: str,
         session: requests.Session,
         *,
-        timeout: float,
-        connect_timeout: float,
+        policy: Policy,
         max_response_bytes: int,
         probe_path: str | None = None,
         probe_timeout: float = 1.0,
@@ -136,9 +159,7 @@ class ChatAdapter:
             session.prepare_request(requests.Request("POST", self.chat_url)).headers
         )
         self._transport = session.get_adapter(self.chat_url)
-        self.timeout = timeout
-        # requests times each phase on its own: connect, then every read.
-        self._timeouts = (min(connect_timeout, timeout), timeout)
+        self.policy = policy
         self.max_response_bytes = max_response_bytes
         self.probe_timeout = probe_timeout
 
@@ -205,7 +226,7 @@ class ChatAdapter:
         Everything that can fail before the first event (connect, status, an
         error as the first event) raises here, so it still gets its own status code.
         """
-        response = self._send(self.build_body(request, upstream_model))
+        response = self._send(self.build_body(request, upstream_model), stream=True)
         events = self._events(response)
         try:
             first = next(events)
@@ -244,9 +265,18 @@ class ChatAdapter:
 
     # -- transport -------------------------------------------------------------
 
-    def _send(self, body: dict) -> requests.Response:
-        """POST ``body`` as JSON; return the open response once its status is 2xx."""
-        deadline = time.monotonic() + self.timeout
+    def _send(self, body: dict, stream: bool = False) -> requests.Response:
+        """POST ``body`` as JSON; return the open response once its status is 2xx.
+
+        requests times each phase on its own: the connect, then each read, the
+        first of which waits for the answer's first byte.
+        """
+        policy = self.policy
+        first_byte = policy.first_token_timeout
+        first_byte_name = "first_token_timeout_secs"
+        if not stream and policy.timeout < first_byte:
+            first_byte, first_byte_name = policy.timeout, "timeout_secs"
+        deadline = time.monotonic() + (first_byte if stream else policy.timeout)
         payload = codec.dumps(body)
         prepared = requests.PreparedRequest()
         prepared.method = "POST"
@@ -254,12 +284,21 @@ class ChatAdapter:
         prepared.headers = {**self._chat_headers, "Content-Length": str(len(payload))}
         prepared.body = payload
         try:
-            response = self._transport.send(prepared, stream=True, timeout=self._timeouts)
+            response = self._transport.send(
+                prepared, stream=True, timeout=(policy.connect_timeout, first_byte)
+            )
+        except requests.ConnectTimeout:
+            # Nothing reached the upstream: as safe to retry as a refusal.
+            raise self._timeout_error(
+                "connect_timeout_secs", policy.connect_timeout, retryable=True
+            ) from None
         except requests.Timeout:
-            raise self._timeout_error() from None
+            raise self._timeout_error(first_byte_name, first_byte) from None
         except requests.RequestException as e:
             raise UpstreamError(
-                f"{self.provider} is unreachable ({type(e).__name__})", provider=self.provider
+                f"{self.provider} is unreachable ({type(e).__name__})",
+                retryable=True,
+                provider=self.provider,
             ) from None
         if response.status_code >= 400:
             with response:
@@ -269,7 +308,7 @@ class ChatAdapter:
 
     def _post(self, body: dict) -> dict:
         """POST ``body`` within the total deadline; return the decoded answer."""
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + self.policy.timeout
         response = self._send(body)
         with response:
             raw = self._read_body(response, deadline, self.max_response_bytes, truncate=False)
@@ -302,7 +341,8 @@ class ChatAdapter:
         """
         chunks = []
         size = 0
-        for chunk in self._reads(response, lambda: deadline):
+        total = (deadline, "timeout_secs", self.policy.timeout)
+        for chunk in self._reads(response, lambda: total):
             chunks.append(chunk)
             size += len(chunk)
             if size > limit:
@@ -314,14 +354,19 @@ class ChatAdapter:
                 )
         return b"".join(chunks)
 
-    def _reads(self, response: requests.Response, deadline: Callable[[], float]):
-        """Yield what each read returns, each read bounded by ``deadline()``."""
+    def _reads(self, response: requests.Response, deadline: Callable[[], tuple]):
+        """Yield what each read returns, each read bounded by ``deadline()``.
+
+        ``deadline()`` returns (monotonic deadline, setting name, its seconds),
+        so a timeout names the setting that fired.
+        """
         sock = _socket_of(response)
         try:
             while True:
-                remaining = deadline() - time.monotonic()
+                until, name, seconds = deadline()
+                remaining = until - time.monotonic()
                 if remaining <= 0:
-                    raise self._timeout_error()
+                    raise self._timeout_error(name, seconds)
                 if sock is not None:
                     sock.settimeout(remaining)
                 chunk = response.raw.read1(READ_SIZE, decode_content=True)
@@ -329,26 +374,35 @@ class ChatAdapter:
                     return
                 yield chunk
         except urllib3.exceptions.ReadTimeoutError:
-            raise self._timeout_error() from None
+            until, name, seconds = deadline()
+            raise self._timeout_error(name, seconds) from None
         except (OSError, urllib3.exceptions.HTTPError) as e:
             raise UpstreamError(
                 f"{self.provider} broke off its answer ({type(e).__name__})",
+                retryable=True,
                 provider=self.provider,
                 upstream_status=response.status_code,
             ) from None
 
     def _lines(self, response: requests.Response) -> Iterator[bytes]:
-        """Yield the stream's lines; time out when no event line came for ``timeout``.
+        """Yield the stream's lines; time out when no event line comes in time.
 
-        The deadline is an idle one: a long answer may stream for minutes, but
-        every gap between events is bounded. Comment lines (keep-alives) do
-        not count as events.
+        Until the first event the wait is first_token_timeout_secs; after it,
+        idle_timeout_secs from the last event: a long answer may stream for
+        minutes, but every gap is bounded. Comment lines (keep-alives) do not
+        count as events.
         """
+        policy = self.policy
+        first = (
+            time.monotonic() + policy.first_token_timeout,
+            "first_token_timeout_secs",
+            policy.first_token_timeout,
+        )
         # A list, so the deadline read before each read sees the latest event.
-        last_event = [time.monotonic()]
+        deadline = [first]
         size = 0
         buffer = b""
-        for chunk in self._reads(response, lambda: last_event[0] + self.timeout):
+        for chunk in self._reads(response, lambda: deadline[0]):
             size += len(chunk)
             if size > self.max_response_bytes:
                 raise UpstreamError(
@@ -363,7 +417,11 @@ class ChatAdapter:
             for line in lines:
                 line = line.rstrip(b"\r")
                 if line and not line.startswith(b":"):
-                    last_event[0] = time.monotonic()
+                    deadline[0] = (
+                        time.monotonic() + policy.idle_timeout,
+                        "idle_timeout_secs",
+                        policy.idle_timeout,
+                    )
                 yield line
         if buffer:
             yield buffer
@@ -390,10 +448,12 @@ class ChatAdapter:
 
     # -- errors ----------------------------------------------------------------
 
-    def _timeout_error(self) -> UpstreamTimeout:
+    def _timeout_error(self, name: str, seconds: float, retryable: bool = False):
         return UpstreamTimeout(
-            f"{self.provider} did not answer within timeout_secs ({self.timeout:g} s)",
+            f"{self.provider} did not answer within {name} ({seconds:g} s)",
+            retryable=retryable,
             provider=self.provider,
+            timeout=name,
         )
 
     def _status_error(self, status: int, raw: bytes, headers) -> UpstreamError:
@@ -402,13 +462,21 @@ class ChatAdapter:
         if status == 429:
             retry_after = headers.get("Retry-After")
             out = {"Retry-After": retry_after} if retry_after else {}
-            if QUOTA_TEXT.search(text):
+            quota = bool(QUOTA_TEXT.search(text))
+            if quota:
                 out.update(DONT_RETRY)
             return UpstreamRateLimited(
-                message, headers=out, provider=self.provider, upstream_status=status
+                message,
+                retryable=not quota,
+                retry_after=retry_after_secs(retry_after),
+                headers=out,
+                provider=self.provider,
+                upstream_status=status,
             )
         return UpstreamError(
             message,
+            retryable=status in RETRYABLE,
+            retry_after=retry_after_secs(headers.get("Retry-After")),
             headers=DONT_RETRY if status in NOT_RETRYABLE else None,
             provider=self.provider,
             upstream_status=status,
