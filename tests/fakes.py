@@ -87,7 +87,8 @@ class FakeUpstream:
         """Set how the next chat calls are answered.
 
         modes: ok, status (status, body, headers), hang (delay), drip (interval,
-        size), reset, invalid_json, big (size). Streaming calls in mode ok send
+        size), reset, invalid_json, big (size); ``times=N`` misbehaves N times,
+        then answers normally. Streaming calls in mode ok send
         ``pieces`` (a list of strings) ``interval`` seconds apart; ``cut_after``
         N pieces drops the connection, ``error_after`` N pieces sends an in-band
         error, ``stall_after`` N pieces goes quiet for ``stall`` seconds.
@@ -130,6 +131,12 @@ class FakeUpstream:
         if not recorded.path.endswith(self.chat_path):
             return self.send(handler, 404, {"error": f"no route {recorded.path}"})
         mode, opt = self.mode, self.options
+        if opt.get("times") is not None:
+            # Misbehave this many more times, then answer normally again.
+            with self._lock:
+                opt["times"] -= 1
+                if opt["times"] <= 0:
+                    self.behave("ok")
         if mode == "ok" and recorded.json.get("stream"):
             return self._stream(handler, recorded.json)
         if mode == "ok":
