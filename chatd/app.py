@@ -69,7 +69,8 @@ def create_app(settings: Settings | None = None, *, environ: Mapping[str, str] |
         settings = load_settings(environ=environ)
     set_up_logging(settings.log_level)
 
-    app = ChatdFlask(__name__)
+    # No static files: chatd serves JSON and event streams only.
+    app = ChatdFlask(__name__, static_folder=None)
     # Werkzeug refuses larger bodies with 413 before reading them, chunked ones included.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     registry = build_registry(settings, environ)

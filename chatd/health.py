@@ -1,11 +1,26 @@
-"""chatd.health ~~~ ``GET /health``: readiness, always 200 while the process serves.
+"""chatd.health ~~~ ``GET /health`` and ``GET /openapi.json``: what operators and tools poll.
 
-It touches no upstream; provider availability is ``/chat/providers``' job.
+/health is readiness, always 200 while the process serves; it touches no
+upstream (provider availability is ``/chat/providers``' job).
 """
 
-from flask import Blueprint
+from functools import cache
+from importlib.resources import files
+
+from flask import Blueprint, Response
 
 bp = Blueprint("health", __name__)
+
+
+@cache
+def openapi_document() -> bytes:
+    return files("chatd").joinpath("openapi.json").read_bytes()
+
+
+@bp.get("/openapi.json")
+def openapi():
+    """Serve the OpenAPI 3.1 document of chatd's API (kept true by tests/test_openapi.py)."""
+    return Response(openapi_document(), mimetype="application/json")
 
 
 @bp.get("/health")
