@@ -10,14 +10,23 @@ Run with `chatd --config PATH`, or `CHATD_CONFIG=PATH gunicorn -c gunicorn.conf.
 """
 
 import os
+import shutil
+import tempfile
 
-from chatd.config import ConfigError, load_settings
+from chatd.config import ConfigError, check_exposure, load_settings
 
 try:
     _settings = load_settings()
 except ConfigError as e:
     # One clear line rather than gunicorn's "Failed to read config file" traceback.
     raise SystemExit(f"chatd: {e}") from None
+
+# Metrics: every worker writes its values under one directory that /metrics
+# sums (prometheus_client's multiprocess mode). Set before any worker starts,
+# and kept across SIGHUP reloads (this file runs again, the env stays).
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="chatd-metrics-")
+    os.environ["CHATD_OWNED_METRICS_DIR"] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 wsgi_app = "chatd.wsgi:app"
 
@@ -49,7 +58,8 @@ backlog = 2048
 #   timeout - For gthread this is only a heartbeat, but keep it above the
 #       upstream timeout so a worker is never reaped mid-call.
 #
-#   graceful_timeout - On SIGTERM/SIGHUP in-flight calls get this long to finish.
+#   graceful_timeout - On SIGTERM or SIGHUP, calls and streams in flight get
+#       this long to finish: [chatd] graceful_timeout_secs.
 #
 #   keepalive - Seconds to hold an idle client connection (nginx in front
 #       keeps its upstream connections open); 1-30.
@@ -61,7 +71,7 @@ workers = int(os.environ.get("WEB_CONCURRENCY", _settings.workers))
 worker_class = "gthread"
 threads = _settings.threads
 timeout = int(_settings.timeout_secs) + 30
-graceful_timeout = 30
+graceful_timeout = int(_settings.graceful_timeout_secs)
 keepalive = 5
 max_requests = 10000
 max_requests_jitter = 1000
@@ -83,3 +93,35 @@ loglevel = _settings.log_level
 #
 
 proc_name = "chatd"
+
+#
+# Server hooks
+#
+#   on_starting - Before any socket is bound: refuse to serve beyond loopback
+#       without [auth] tokens, whatever --bind said on the command line.
+#
+#   child_exit - A worker's metric files stop counting as live when it exits.
+#
+#   on_exit - Remove the metrics directory this file made.
+
+
+def on_starting(server):
+    try:
+        check_exposure(server.cfg.bind, _settings.auth, "--bind")
+    except ConfigError as e:
+        raise SystemExit(f"chatd: {e}") from None
+    if not (_settings.auth.token_env or _settings.auth.token_file):
+        reach = "anyone who can reach it" if _settings.auth.allow_unauthenticated else "loopback"
+        server.log.warning("chatd: no [auth] tokens; serving %s without authentication", reach)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    owned = os.environ.get("CHATD_OWNED_METRICS_DIR")
+    if owned and owned == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        shutil.rmtree(owned, ignore_errors=True)

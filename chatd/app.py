@@ -1,40 +1,47 @@
 """chatd.app ~~~ The application factory.
 
-:func:`create_app` loads settings, builds the provider registry once, and
-wires the error table and the blueprints. Per-app state lives in
-``app.extensions["chatd"]``, never in module globals.
+:func:`create_app` loads settings, builds the provider registry and the
+dispatcher once, and wires the error table, inbound auth, the per-request
+record (request id, access line, Server-Timing, metrics) and the blueprints.
+Per-app state lives in ``app.extensions["chatd"]``, never in module globals.
 """
 
 from __future__ import annotations
 
-import logging
-import time
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from flask import Flask, Request, request
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from chatd import chat, health, openai_api
+from chatd.auth import TokenCheck
 from chatd.codec import OrjsonProvider
-from chatd.config import Settings, load_settings
+from chatd.config import Settings, load_settings, read_tokens
 from chatd.dispatch import Dispatcher
 from chatd.errors import register_error_handlers
+from chatd.metrics import Metrics
+from chatd.observability import CallRecord, finish, request_id_from, set_up_logging
 from chatd.registry import Registry, build_registry
-
-access_log = logging.getLogger("chatd.access")
 
 
 class ChatdRequest(Request):
-    """Flask's request, stamped when it was made and with room for what was routed.
+    """Flask's request, with the record of what serving it did.
 
-    A before_request hook would do the stamping at a cost on every call.
+    Made here rather than in a before_request hook, which would cost a call
+    on every request.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.started = time.monotonic()
-        self.provider = "-"
-        self.model = "-"
+        self.record = CallRecord(
+            request_id_from(self.headers.get("X-Request-ID")),
+            self.method,
+            self.path,
+            self.remote_addr or "-",
+        )
+        self.record.begin()
 
 
 class ChatdFlask(Flask):
@@ -51,50 +58,66 @@ class Chatd:
     settings: Settings
     registry: Registry
     dispatcher: Dispatcher
-
-
-def set_up_logging(level: str) -> None:
-    """Log to stderr (gunicorn's error log) unless something already configured logging."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("chatd").setLevel(level.upper())
+    metrics: Metrics
 
 
 def create_app(settings: Settings | None = None, *, environ: Mapping[str, str] | None = None):
     """Create and configure an instance of chatd.
 
     :param settings: the settings to use; loaded from ``$CHATD_CONFIG`` when None.
-    :param environ: where provider keys are looked up; ``os.environ`` when None.
+    :param environ: where provider keys and tokens are looked up; ``os.environ`` when None.
     """
+    environ = os.environ if environ is None else environ
     if settings is None:
         settings = load_settings(environ=environ)
-    set_up_logging(settings.log_level)
+    set_up_logging(settings.log_level, settings.log_format)
 
     # No static files: chatd serves JSON and event streams only.
     app = ChatdFlask(__name__, static_folder=None)
-    # Werkzeug refuses larger bodies with 413 before reading them, chunked ones included.
+    # Werkzeug refuses larger bodies with 413 before reading them (chat.read_body).
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    metrics = Metrics()
     registry = build_registry(settings, environ)
-    app.extensions["chatd"] = Chatd(settings, registry, Dispatcher(registry, settings))
+    dispatcher = Dispatcher(registry, settings, metrics)
+    app.extensions["chatd"] = Chatd(settings, registry, dispatcher, metrics)
+
+    if settings.trusted_proxies:
+        # The client address and scheme as nginx (or another proxy) saw them.
+        app.wsgi_app = ProxyFix(
+            app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies
+        )
+    tokens = read_tokens(settings.auth, environ)
+    if tokens:
+        app.before_request(TokenCheck(tokens, settings.auth.protect_metrics))
+    else:
+        app.logger.warning(
+            "no [auth] tokens: every client that can reach %s may call chatd", settings.bind
+        )
 
     register_error_handlers(app)
     app.register_blueprint(chat.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openai_api.bp)
-    app.after_request(_log_access)
+    app.after_request(finish_responses(metrics))
     return app
 
 
-def _log_access(response):
-    # Only what is safe to log: never a header, a body or a key.
-    if access_log.isEnabledFor(logging.INFO):
+def finish_responses(metrics: Metrics):
+    """An after_request hook: request id and Server-Timing on every answer, and the
+    record finished now, or, for a stream, when the stream closes."""
+
+    def _finish(response):
         current = request._get_current_object()
-        access_log.info(
-            "%s %s %s provider=%s model=%s latency_ms=%d",
-            current.method,
-            current.path,
-            response.status_code,
-            current.provider,
-            current.model,
-            (time.monotonic() - current.started) * 1000,
-        )
-    return response
+        record = current.record
+        record.status = response.status_code
+        rule = current.url_rule
+        record.route = rule.rule if rule is not None else "unmatched"
+        response.headers["X-Request-ID"] = record.request_id
+        response.headers["Server-Timing"] = record.server_timing()
+        if response.is_streamed:
+            response.call_on_close(lambda: finish(record, metrics))
+        else:
+            finish(record, metrics)
+        return response
+
+    return _finish

@@ -54,20 +54,22 @@ def open_stream(chat_request: ChatRequest):
 def dispatch():
     """Route one chat request to its provider and answer in chatd's shape."""
     dispatcher = current_app.extensions["chatd"].dispatcher
+    record = request.record
     chat_request = build_chat_request(parse_json(read_body()))
-    request.model = chat_request.model
     if chat_request.stream:
-        outcome = dispatcher.run(chat_request, open_stream(chat_request))
-        request.provider = outcome.route.provider
+        outcome = dispatcher.run(chat_request, open_stream(chat_request), record)
         upstream = outcome.result
-        response = stream_response(chat_events(upstream, outcome.adapter, outcome.route), upstream)
+        events = chat_events(upstream, outcome.adapter, outcome.route, record)
+        response = stream_response(events, upstream)
         response.headers.update(fallback_headers(outcome))
         return response
     started = time.monotonic()
     outcome = dispatcher.run(
-        chat_request, lambda adapter, route: adapter.chat(chat_request, route.upstream_model)
+        chat_request,
+        lambda adapter, route: adapter.chat(chat_request, route.upstream_model),
+        record,
     )
-    request.provider = outcome.route.provider
+    record.count_tokens(outcome.result["usage"])
     body = {
         "model": outcome.route.upstream_model,
         "provider": outcome.route.provider,

@@ -11,6 +11,7 @@ environment, or from a dotenv fallback file, when the registry is built, so a
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import os
 from collections.abc import Mapping
@@ -34,6 +35,20 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """The [auth] table: who may call chatd."""
+
+    # Env var holding one or more tokens, comma separated (several let keys rotate).
+    token_env: str = ""
+    # File holding tokens, comma or newline separated, read at start-up and on SIGHUP.
+    token_file: str = ""
+    # Without tokens chatd binds only to loopback, unless this says otherwise.
+    allow_unauthenticated: bool = False
+    # Whether /metrics needs a token too.
+    protect_metrics: bool = True
 
 
 @dataclass(frozen=True)
@@ -71,6 +86,12 @@ class Settings:
     probe_timeout_secs: float = 1.0
     probe_ttl_secs: float = 5.0
     log_level: str = "info"
+    # "text" or "json": one structured line per request either way.
+    log_format: str = "text"
+    # Proxies in front (nginx: 1) whose X-Forwarded-For is believed for the client address.
+    trusted_proxies: int = 0
+    # On SIGTERM or SIGHUP, calls and streams in flight get this long to finish.
+    graceful_timeout_secs: float = 60.0
     # Base URLs: the public endpoints by default.
     ollama_url: str = KNOWN_PROVIDERS["ollama"].default_url
     ollama_cloud_url: str = KNOWN_PROVIDERS["ollama_cloud"].default_url
@@ -92,6 +113,8 @@ class Settings:
     providers: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     # [chatd.aliases]: a model name standing for a list tried in order.
     aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # [auth]: inbound bearer tokens.
+    auth: AuthSettings = field(default_factory=lambda: AuthSettings())
     # The file these settings came from, and the fields it (or CHATD_*) set.
     source: str = "<defaults>"
     explicit: frozenset[str] = frozenset()
@@ -129,7 +152,7 @@ POLICY_FIELDS = (
     "max_in_flight",
     "queue_timeout_secs",
 )
-_TABLES = ("providers", "aliases")
+_TABLES = ("providers", "aliases", "auth")
 _FIELDS = {
     f.name: f
     for f in dataclasses.fields(Settings)
@@ -235,9 +258,72 @@ def _parse_aliases(table, where: str) -> dict[str, tuple[str, ...]]:
     return aliases
 
 
+def _parse_auth(table, where: str, environ: Mapping[str, str]) -> AuthSettings:
+    place = f"{where}: [auth]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{place} must be a table")
+    fields = {f.name: f.default for f in dataclasses.fields(AuthSettings)}
+    values = {}
+    for name, value in table.items():
+        if name not in fields:
+            raise ConfigError(f"{place} has unknown field {name!r}")
+        if type(value) is not type(fields[name]):
+            kind = "true or false" if isinstance(fields[name], bool) else "a string"
+            raise ConfigError(f"{place}: {name} must be {kind}")
+        values[name] = value
+    auth = AuthSettings(**values)
+    if auth.token_file and not os.path.isfile(auth.token_file):
+        raise ConfigError(f"{place}: token_file {auth.token_file} does not exist")
+    if auth.token_env and not environ.get(auth.token_env, "").strip() and not auth.token_file:
+        raise ConfigError(f"{place}: token_env names {auth.token_env}, which is empty")
+    return auth
+
+
+def is_loopback(bind: str) -> bool:
+    """Whether a gunicorn bind address (HOST:PORT, [::1]:PORT, unix:PATH) is reachable
+    only from this machine."""
+    if bind.startswith("unix:"):
+        return True
+    host = bind.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(binds, auth: AuthSettings, where: str) -> None:
+    """Refuse to serve beyond loopback with no inbound tokens, unless told to."""
+    if auth.token_env or auth.token_file or auth.allow_unauthenticated:
+        return
+    exposed = [bind for bind in binds if not is_loopback(bind)]
+    if exposed:
+        raise ConfigError(
+            f"{where}: bind {exposed[0]} is reachable from other machines and [auth] has "
+            "no tokens; set [auth] token_env or token_file, or allow_unauthenticated = true"
+        )
+
+
+def read_tokens(auth: AuthSettings, environ: Mapping[str, str]) -> tuple[str, ...]:
+    """Return the inbound tokens: from the env var, then the token file."""
+    raw = environ.get(auth.token_env, "") if auth.token_env else ""
+    if auth.token_file:
+        try:
+            with open(auth.token_file) as f:
+                raw += "," + f.read()
+        except OSError as e:
+            raise ConfigError(f"[auth]: cannot read token_file: {e.strerror}") from None
+    return tuple(t.strip() for t in raw.replace("\n", ",").split(",") if t.strip())
+
+
 def _validate(settings: Settings) -> None:
     where = settings.source
     _check_policy(dataclasses.asdict(settings), where)
+    if settings.log_format not in ("text", "json"):
+        raise ConfigError(f"{where}: log_format must be text or json")
+    if settings.trusted_proxies < 0:
+        raise ConfigError(f"{where}: trusted_proxies must not be negative")
     if settings.log_level.lower() not in LOG_LEVELS:
         raise ConfigError(f"{where}: log_level must be one of {', '.join(LOG_LEVELS)}")
     for provider in KNOWN_PROVIDERS:
@@ -252,6 +338,7 @@ def _validate(settings: Settings) -> None:
             )
     if ":" not in settings.bind and not settings.bind.startswith("unix:"):
         raise ConfigError(f"{where}: bind must be HOST:PORT or unix:PATH")
+    check_exposure([settings.bind], settings.auth, where)
 
 
 def load_settings(path: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -290,6 +377,7 @@ def load_settings(path: str | None = None, environ: Mapping[str, str] | None = N
             values[name] = _from_env(name, raw, f"CHATD_{name.upper()}")
 
     explicit = frozenset(values) - set(_TABLES)
+    values["auth"] = _parse_auth(document.get("auth", {}), path, environ)
     settings = Settings(source=path, explicit=explicit, **values)
     _validate(settings)
     return settings

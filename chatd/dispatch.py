@@ -32,6 +32,8 @@ from chatd.errors import (
     ProviderNotFound,
     UpstreamError,
 )
+from chatd.metrics import Metrics
+from chatd.observability import CallRecord
 from chatd.registry import Registry
 from chatd.resilience import Bulkhead, CircuitBreaker, retry_delay
 from chatd.routing import Route, resolve_model
@@ -62,15 +64,23 @@ class Outcome:
 
 
 class Dispatcher:
-    def __init__(self, registry: Registry, settings: Settings):
+    def __init__(self, registry: Registry, settings: Settings, metrics: Metrics | None = None):
         self.registry = registry
         self.aliases = settings.aliases
         self.breakers: dict[str, CircuitBreaker] = {}
         self.bulkheads: dict[str, Bulkhead] = {}
         for name, adapter in registry.adapters.items():
             policy = adapter.policy
-            self.breakers[name] = CircuitBreaker(name, policy.cooldown_failures, policy.cooldown)
-            self.bulkheads[name] = Bulkhead(name, policy.max_in_flight, policy.queue_timeout)
+            cooling = metrics.cooldown.labels(name) if metrics else None
+            in_flight = metrics.in_flight.labels(name) if metrics else None
+            self.breakers[name] = CircuitBreaker(
+                name, policy.cooldown_failures, policy.cooldown, gauge=cooling
+            )
+            self.bulkheads[name] = Bulkhead(
+                name, policy.max_in_flight, policy.queue_timeout, gauge=in_flight
+            )
+            if cooling is not None:
+                cooling.set(0)
         self.capacity = max(1, settings.threads - RESERVED_THREADS)
         self._admission = threading.BoundedSemaphore(self.capacity)
 
@@ -80,30 +90,37 @@ class Dispatcher:
         names.extend(request.fallbacks or ())
         return names
 
-    def run(self, request: ChatRequest, attempt: Attempt) -> Outcome:
-        """Serve ``request`` with ``attempt``; raise the last failure if nothing could."""
+    def run(self, request: ChatRequest, attempt: Attempt, record: CallRecord) -> Outcome:
+        """Serve ``request`` with ``attempt``; raise the last failure if nothing could.
+
+        ``record`` is filled in as it goes: provider, upstream time, retries, what was tried.
+        """
+        record.model = request.model
+        request.request_id = record.request_id
         if not self._admission.acquire(blocking=False):
             raise Overloaded(
                 f"chatd has {self.capacity} upstream calls in flight in this worker",
                 headers={"Retry-After": "1"},
             )
         try:
-            outcome = self._run(request, attempt)
+            outcome = self._run(request, attempt, record)
         except BaseException:
             self._admission.release()
             raise
         self._hold_until_done(outcome.result, self._admission.release)
         return outcome
 
-    def _run(self, request: ChatRequest, attempt: Attempt) -> Outcome:
+    def _run(self, request: ChatRequest, attempt: Attempt, record: CallRecord) -> Outcome:
         names = self.candidates(request)
-        tried: list[str] = []
+        tried = record.tried
         for name in names:
             route = resolve_model(name)
             tried.append(name)
+            record.provider = route.provider
             try:
                 adapter = self.registry.get(route.provider)
-                return Outcome(self._attempts(adapter, route, attempt), adapter, route, tried)
+                result = self._attempts(adapter, route, attempt, record)
+                return Outcome(result, adapter, route, tried)
             except MOVE_ON as e:
                 if isinstance(e, UpstreamError) and e.request_rejected:
                     raise
@@ -116,7 +133,7 @@ class Dispatcher:
                 )
         raise AssertionError("unreachable: there is always one candidate")
 
-    def _attempts(self, adapter: ChatAdapter, route: Route, attempt: Attempt):
+    def _attempts(self, adapter: ChatAdapter, route: Route, attempt: Attempt, record: CallRecord):
         policy = adapter.policy
         breaker = self.breakers[route.provider]
         bulkhead = self.bulkheads[route.provider]
@@ -128,9 +145,11 @@ class Dispatcher:
             except ProviderBusy:
                 breaker.release_trial()
                 raise
+            started = time.monotonic()
             try:
                 result = attempt(adapter, route)
             except UpstreamError as e:
+                record.upstream_secs += time.monotonic() - started
                 bulkhead.release()
                 if e.is_provider_fault:
                     breaker.record_failure()
@@ -154,11 +173,17 @@ class Dispatcher:
                     e.message,
                 )
                 time.sleep(delay)
+                record.retries += 1
                 continue
             except BaseException:
                 bulkhead.release()
                 breaker.release_trial()
                 raise
+            now = time.monotonic()
+            record.upstream_secs += now - started
+            if isinstance(result, UpstreamStream):
+                record.stream = True
+                record.first_token_secs = now - record.started
             breaker.record_success()
             self._hold_until_done(result, bulkhead.release)
             return result

@@ -13,6 +13,8 @@ import logging
 from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from chatd.observability import current_request_id
+
 log = logging.getLogger("chatd.errors")
 
 # Upstream error text is passed on to the client, but never more than this.
@@ -154,7 +156,9 @@ def trim(text: str, limit: int = MAX_UPSTREAM_TEXT) -> str:
 
 
 def error_response(error: ChatdError):
-    response = jsonify(error.to_dict())
+    body = error.to_dict()
+    body["error"]["request_id"] = current_request_id()
+    response = jsonify(body)
     response.status_code = error.status_code
     response.headers.update(error.headers)
     return response
@@ -174,7 +178,14 @@ def _handle_http_exception(error: HTTPException):
         limit = current_app.config.get("MAX_CONTENT_LENGTH")
         message = f"request body is larger than max_request_bytes ({limit} bytes)"
     error_type = _HTTP_ERROR_TYPES.get(error.code, "http_error")
-    body = {"error": {"type": error_type, "message": message, "code": error_type}}
+    body = {
+        "error": {
+            "type": error_type,
+            "message": message,
+            "code": error_type,
+            "request_id": current_request_id(),
+        }
+    }
     response = jsonify(body)
     response.status_code = error.code or 500
     if error.code == 405 and error.valid_methods:

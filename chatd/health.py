@@ -1,4 +1,4 @@
-"""chatd.health ~~~ ``GET /health`` and ``GET /openapi.json``: what operators and tools poll.
+"""chatd.health ~~~ ``/health``, ``/metrics`` and ``/openapi.json``: what operators and tools poll.
 
 /health is readiness, always 200 while the process serves; it touches no
 upstream (provider availability is ``/chat/providers``' job).
@@ -7,7 +7,7 @@ upstream (provider availability is ``/chat/providers``' job).
 from functools import cache
 from importlib.resources import files
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, current_app
 
 bp = Blueprint("health", __name__)
 
@@ -15,6 +15,13 @@ bp = Blueprint("health", __name__)
 @cache
 def openapi_document() -> bytes:
     return files("chatd").joinpath("openapi.json").read_bytes()
+
+
+@bp.get("/metrics")
+def metrics():
+    """Prometheus metrics, summed over every gunicorn worker."""
+    body, content_type = current_app.extensions["chatd"].metrics.render()
+    return Response(body, content_type=content_type)
 
 
 @bp.get("/openapi.json")

@@ -24,21 +24,22 @@ bp = Blueprint("openai", __name__, url_prefix="/v1")
 def chat_completions():
     """Answer an OpenAI chat-completions request, streamed or whole."""
     dispatcher = current_app.extensions["chatd"].dispatcher
+    record = request.record
     chat_request, include_usage = build_openai_request(parse_json(chat.read_body()))
-    request.model = chat_request.model
     if chat_request.stream:
-        outcome = dispatcher.run(chat_request, chat.open_stream(chat_request))
-        request.provider = outcome.route.provider
+        outcome = dispatcher.run(chat_request, chat.open_stream(chat_request), record)
         upstream, adapter = outcome.result, outcome.adapter
         context = ChunkContext(model=outcome.model, include_usage=include_usage)
-        response = stream_response(openai_events(upstream, adapter, context), upstream)
+        response = stream_response(openai_events(upstream, adapter, context, record), upstream)
         response.headers.update(chat.fallback_headers(outcome))
         return response
     outcome = dispatcher.run(
-        chat_request, lambda adapter, route: adapter.complete(chat_request, route.upstream_model)
+        chat_request,
+        lambda adapter, route: adapter.complete(chat_request, route.upstream_model),
+        record,
     )
-    request.provider = outcome.route.provider
     body = outcome.adapter.translate(outcome.adapter.openai_response, outcome.result, outcome.model)
+    record.count_tokens(body.get("usage"))
     return body, 200, chat.fallback_headers(outcome)
 
 

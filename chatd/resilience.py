@@ -70,10 +70,12 @@ class CircuitBreaker:
     again for another cooldown.
     """
 
-    def __init__(self, provider: str, failures: int, cooldown: float):
+    def __init__(self, provider: str, failures: int, cooldown: float, gauge=None):
         self.provider = provider
         self.failures = failures
         self.cooldown = cooldown
+        # A metrics gauge set to 1 while open (anything with .set()).
+        self._gauge = gauge
         self._lock = threading.Lock()
         self._consecutive = 0
         self._open_until = 0.0
@@ -107,6 +109,8 @@ class CircuitBreaker:
         if self._consecutive or self._open_until:
             with self._lock:
                 self._consecutive = 0
+                if self._open_until and self._gauge is not None:
+                    self._gauge.set(0)
                 self._open_until = 0.0
                 self._trial = False
 
@@ -116,6 +120,8 @@ class CircuitBreaker:
             if self._trial or self._consecutive >= self.failures:
                 self._open_until = time.monotonic() + self.cooldown
                 self._trial = False
+                if self._gauge is not None:
+                    self._gauge.set(1)
 
     def state(self) -> dict | None:
         """Return why the provider is unavailable, or None when it is not cooling."""
@@ -129,11 +135,13 @@ class CircuitBreaker:
 class Bulkhead:
     """At most ``limit`` calls in flight; the next waits ``queue_timeout`` for a slot."""
 
-    def __init__(self, provider: str, limit: int, queue_timeout: float):
+    def __init__(self, provider: str, limit: int, queue_timeout: float, gauge=None):
         self.provider = provider
         self.limit = limit
         self.queue_timeout = queue_timeout
         self._slots = threading.BoundedSemaphore(limit) if limit else None
+        # A metrics gauge of the calls in flight (anything with .inc() and .dec()).
+        self._gauge = gauge
         self._lock = threading.Lock()
         self.in_flight = 0
 
@@ -148,9 +156,13 @@ class Bulkhead:
             )
         with self._lock:
             self.in_flight += 1
+        if self._gauge is not None:
+            self._gauge.inc()
 
     def release(self) -> None:
         with self._lock:
             self.in_flight -= 1
+        if self._gauge is not None:
+            self._gauge.dec()
         if self._slots is not None:
             self._slots.release()

@@ -17,6 +17,7 @@ from flask import Response
 from chatd import codec
 from chatd.adapters.base import ChatAdapter, ChunkContext, UpstreamStream, usage
 from chatd.errors import ChatdError
+from chatd.observability import CallRecord
 from chatd.routing import Route
 
 log = logging.getLogger("chatd.streaming")
@@ -30,10 +31,6 @@ def sse(data: dict) -> bytes:
     return b"data: " + codec.dumps(data) + b"\n\n"
 
 
-def error_event(error: ChatdError) -> bytes:
-    return b"event: error\ndata: " + codec.dumps(error.to_dict()) + b"\n\n"
-
-
 def stream_response(events: Iterator[bytes], upstream: UpstreamStream) -> Response:
     """Answer with ``events``; hang up on ``upstream`` when the client's response closes."""
     response = Response(events, mimetype="text/event-stream", headers=SSE_HEADERS)
@@ -43,7 +40,9 @@ def stream_response(events: Iterator[bytes], upstream: UpstreamStream) -> Respon
     return response
 
 
-def chat_events(upstream: UpstreamStream, adapter: ChatAdapter, route: Route) -> Iterator[bytes]:
+def chat_events(
+    upstream: UpstreamStream, adapter: ChatAdapter, route: Route, record: CallRecord
+) -> Iterator[bytes]:
     """/chat's stream: a ``delta`` per piece, a last event with done_reason and usage, [DONE]."""
     head = {"model": route.upstream_model, "provider": route.provider}
     done_reason = None
@@ -56,26 +55,37 @@ def chat_events(upstream: UpstreamStream, adapter: ChatAdapter, route: Route) ->
                 yield sse({**head, "delta": delta})
             done_reason = parts.get("done_reason", done_reason)
             counts = parts.get("usage", counts)
+        record.count_tokens(counts)
         yield sse({**head, "delta": {}, "done_reason": done_reason, "usage": counts or usage(0, 0)})
         yield DONE
     except ChatdError as e:
-        log.warning("stream from %s cut: %s", route.provider, e.message)
-        yield error_event(e)
+        yield cut(e, record)
     finally:
         upstream.close()
 
 
 def openai_events(
-    upstream: UpstreamStream, adapter: ChatAdapter, context: ChunkContext
+    upstream: UpstreamStream, adapter: ChatAdapter, context: ChunkContext, record: CallRecord
 ) -> Iterator[bytes]:
     """/v1's stream: ``chat.completion.chunk`` events, then [DONE]."""
     try:
         for event in upstream:
+            counts = adapter.translate(adapter.parse_event, event).get("usage")
+            if counts:
+                record.count_tokens(counts)
             for chunk in adapter.translate(adapter.openai_chunks, event, context):
                 yield sse(chunk)
         yield DONE
     except ChatdError as e:
-        log.warning("stream from %s cut: %s", adapter.provider, e.message)
-        yield error_event(e)
+        yield cut(e, record)
     finally:
         upstream.close()
+
+
+def cut(error: ChatdError, record: CallRecord) -> bytes:
+    """Log a stream cut short, and return the error event that tells the client."""
+    record.begin()  # the generator may run after the view returned
+    log.warning("stream from %s cut: %s", record.provider, error.message)
+    body = error.to_dict()
+    body["error"]["request_id"] = record.request_id
+    return b"event: error\ndata: " + codec.dumps(body) + b"\n\n"

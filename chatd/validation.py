@@ -38,6 +38,8 @@ class ChatRequest:
     stream: bool = False
     #: Model names tried in order when the model's provider cannot serve.
     fallbacks: list[str] | None = None
+    #: Set by chatd, not the client: forwarded upstream as X-Request-ID.
+    request_id: str = ""
 
 
 def _is_number(value) -> bool:
@@ -168,7 +170,7 @@ def build_chat_request(body, roles: tuple[str, ...] = ROLES) -> ChatRequest:
     )
 
 
-_ALLOWED = frozenset(ChatRequest.__slots__)
+_ALLOWED = frozenset(ChatRequest.__slots__) - {"request_id"}
 
 
 def _format_from(response_format) -> str | dict | None:

@@ -197,7 +197,7 @@ class ChatAdapter:
 
     def complete(self, request: ChatRequest, upstream_model: str) -> dict:
         """Send one non-streaming call; return the upstream's answer, checked."""
-        data = self._post(self.build_body(request, upstream_model))
+        data = self._post(self.build_body(request, upstream_model), request.request_id)
         message = error_text(data)
         if message is not None:
             # Some upstreams report failure inside a 200 (Ollama, OpenRouter).
@@ -226,7 +226,8 @@ class ChatAdapter:
         Everything that can fail before the first event (connect, status, an
         error as the first event) raises here, so it still gets its own status code.
         """
-        response = self._send(self.build_body(request, upstream_model), stream=True)
+        body = self.build_body(request, upstream_model)
+        response = self._send(body, stream=True, request_id=request.request_id)
         events = self._events(response)
         try:
             first = next(events)
@@ -265,7 +266,7 @@ class ChatAdapter:
 
     # -- transport -------------------------------------------------------------
 
-    def _send(self, body: dict, stream: bool = False) -> requests.Response:
+    def _send(self, body: dict, stream: bool = False, request_id: str = "") -> requests.Response:
         """POST ``body`` as JSON; return the open response once its status is 2xx.
 
         requests times each phase on its own: the connect, then each read, the
@@ -282,6 +283,8 @@ class ChatAdapter:
         prepared.method = "POST"
         prepared.url = self.chat_url
         prepared.headers = {**self._chat_headers, "Content-Length": str(len(payload))}
+        if request_id:
+            prepared.headers["X-Request-ID"] = request_id
         prepared.body = payload
         try:
             response = self._transport.send(
@@ -306,10 +309,10 @@ class ChatAdapter:
             raise self._status_error(response.status_code, raw, response.headers)
         return response
 
-    def _post(self, body: dict) -> dict:
+    def _post(self, body: dict, request_id: str = "") -> dict:
         """POST ``body`` within the total deadline; return the decoded answer."""
         deadline = time.monotonic() + self.policy.timeout
-        response = self._send(body)
+        response = self._send(body, request_id=request_id)
         with response:
             raw = self._read_body(response, deadline, self.max_response_bytes, truncate=False)
         try:

@@ -1,0 +1,108 @@
+"""chatd.metrics ~~~ Prometheus metrics, correct across gunicorn workers.
+
+Under gunicorn, ``gunicorn.conf.py`` points ``PROMETHEUS_MULTIPROC_DIR`` at a
+fresh directory before any worker starts, so each worker writes its values to
+files there and ``/metrics`` sums them (prometheus_client's multiprocess mode);
+a dead worker's files are marked dead when it exits. Without that variable
+(tests, the Flask dev server) the values stay in this process.
+
+Label sets are bounded: routes are the app's own rules, providers are the five
+known ones, and model names past :data:`MAX_MODELS` distinct ones per worker
+are counted as ``other``, so no client can grow the series without limit.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+MAX_MODELS = 100
+# Upstream calls take from milliseconds (cached, local) to minutes (reasoning).
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# chatd's own share should stay well under a millisecond.
+OVERHEAD_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+
+
+class Metrics:
+    """The metrics of one app; registered on a registry of its own (tests build many apps)."""
+
+    def __init__(self):
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "chatd_requests",
+            "Requests answered, by route, provider and status",
+            ["route", "provider", "status"],
+            registry=registry,
+        )
+        self.upstream_latency = Histogram(
+            "chatd_upstream_latency_seconds",
+            "Time spent waiting on the upstream per request, retries included",
+            ["provider"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.overhead = Histogram(
+            "chatd_overhead_seconds",
+            "chatd's own time per non-streaming request: total minus upstream",
+            buckets=OVERHEAD_BUCKETS,
+            registry=registry,
+        )
+        self.first_token = Histogram(
+            "chatd_time_to_first_token_seconds",
+            "From the request to the first streamed piece from the upstream",
+            ["provider"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "chatd_tokens",
+            "Tokens in (prompt) and out (completion), as the upstream counted them",
+            ["provider", "model", "direction"],
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "chatd_in_flight",
+            "Upstream calls in flight",
+            ["provider"],
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.cooldown = Gauge(
+            "chatd_provider_cooldown",
+            "1 while a provider cools down in some live worker",
+            ["provider"],
+            multiprocess_mode="livemax",
+            registry=registry,
+        )
+        self._models: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def model_label(self, provider: str, model: str) -> str:
+        """Return ``model`` as a label value, or "other" once MAX_MODELS are known."""
+        key = (provider, model)
+        if key in self._models:
+            return model
+        with self._lock:
+            if len(self._models) >= MAX_MODELS:
+                return "other"
+            self._models.add(key)
+        return model
+
+    def render(self) -> tuple[bytes, str]:
+        """Return the exposition text, summed over every worker when under gunicorn."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+        else:
+            registry = self.registry
+        return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,186 @@
+"""chatd.observability ~~~ One record per request, finished once: a log line and metrics.
+
+A :class:`CallRecord` is made with each request (its id, client, start time),
+filled in as the request is served (provider, model, upstream time, retries,
+fallbacks, tokens) and finished once: when the response is sent, or, for a
+stream, when the stream ends, so its line carries the stream's tokens and
+length. Every log line of the request carries its id, and nothing a client or
+an upstream sent is logged but these fields: never a header, a body or a key.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from chatd import codec
+from chatd.metrics import Metrics
+
+access_log = logging.getLogger("chatd.access")
+
+# X-Request-ID values we take from a client (or nginx); anything else is replaced.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+_current = threading.local()
+
+
+def request_id_from(header: str | None) -> str:
+    """Return the client's request id if it is safe to log and echo, else a new one."""
+    if header and REQUEST_ID.fullmatch(header):
+        return header
+    return uuid.uuid4().hex
+
+
+def current_request_id() -> str:
+    return getattr(_current, "request_id", "-")
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """What one request did, for its log line and its metrics."""
+
+    request_id: str
+    method: str
+    path: str
+    client: str
+    started: float = field(default_factory=time.monotonic)
+    route: str = "-"
+    provider: str = "-"
+    model: str = "-"
+    status: int = 0
+    upstream_secs: float = 0.0
+    first_token_secs: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    retries: int = 0
+    tried: list[str] = field(default_factory=list)
+    stream: bool = False
+    finished: bool = False
+
+    def begin(self) -> None:
+        """Make this the current request of this thread (for every log line's id)."""
+        _current.request_id = self.request_id
+
+    def count_tokens(self, usage: dict | None) -> None:
+        if usage:
+            self.prompt_tokens = usage.get("prompt_tokens") or 0
+            self.completion_tokens = usage.get("completion_tokens") or 0
+
+    def server_timing(self) -> str:
+        """The Server-Timing header: where the time went, as far as known now."""
+        total = (time.monotonic() - self.started) * 1000
+        upstream = self.upstream_secs * 1000
+        if self.stream:
+            return (
+                f'upstream;dur={upstream:.1f};desc="first event", chatd;dur={total - upstream:.1f}'
+            )
+        return f"upstream;dur={upstream:.1f}, chatd;dur={total - upstream:.1f}"
+
+
+def finish(record: CallRecord, metrics: Metrics) -> None:
+    """Write the request's one access line and count it, once."""
+    if record.finished:
+        return
+    record.finished = True
+    total = time.monotonic() - record.started
+    provider = record.provider
+    metrics.requests.labels(record.route, provider, str(record.status)).inc()
+    if provider != "-":
+        metrics.upstream_latency.labels(provider).observe(record.upstream_secs)
+        if record.first_token_secs is not None:
+            metrics.first_token.labels(provider).observe(record.first_token_secs)
+        if not record.stream and record.upstream_secs:
+            metrics.overhead.observe(max(0.0, total - record.upstream_secs))
+        if record.prompt_tokens or record.completion_tokens:
+            model = metrics.model_label(provider, record.model)
+            metrics.tokens.labels(provider, model, "in").inc(record.prompt_tokens)
+            metrics.tokens.labels(provider, model, "out").inc(record.completion_tokens)
+    if access_log.isEnabledFor(logging.INFO):
+        access_log.info(
+            "%s %s %s provider=%s model=%s latency_ms=%d upstream_ms=%d tokens=%d/%d "
+            "retries=%d fallbacks=%s client=%s",
+            record.method,
+            record.path,
+            record.status,
+            provider,
+            record.model,
+            total * 1000,
+            record.upstream_secs * 1000,
+            record.prompt_tokens,
+            record.completion_tokens,
+            record.retries,
+            ",".join(record.tried) if len(record.tried) > 1 else "-",
+            record.client,
+            extra={"access": record, "latency_ms": round(total * 1000, 1)},
+        )
+    _current.request_id = "-"
+
+
+class RequestIdFilter(logging.Filter):
+    """Give every log record the id of the request its thread is serving."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = current_request_id()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; access lines carry the request's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "request_id": getattr(record, "request_id", "-"),
+        }
+        access = getattr(record, "access", None)
+        if access is not None:
+            line.update(
+                client=access.client,
+                method=access.method,
+                path=access.path,
+                route=access.route,
+                provider=access.provider,
+                model=access.model,
+                status=access.status,
+                latency_ms=record.latency_ms,
+                upstream_ms=round(access.upstream_secs * 1000, 1),
+                first_token_ms=None
+                if access.first_token_secs is None
+                else round(access.first_token_secs * 1000, 1),
+                prompt_tokens=access.prompt_tokens,
+                completion_tokens=access.completion_tokens,
+                retries=access.retries,
+                fallbacks=access.tried if len(access.tried) > 1 else [],
+                stream=access.stream,
+            )
+        else:
+            line["message"] = record.getMessage()
+        if record.exc_info:
+            line["traceback"] = self.formatException(record.exc_info)
+        return codec.dumps(line).decode()
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+
+
+def set_up_logging(level: str, log_format: str) -> None:
+    """Log chatd's lines to stderr (gunicorn's error log), each with its request id."""
+    logger = logging.getLogger("chatd")
+    logger.setLevel(level.upper())
+    handler = next((h for h in logger.handlers if isinstance(h, _ChatdHandler)), None)
+    if handler is None:
+        handler = _ChatdHandler()
+        handler.addFilter(RequestIdFilter())
+        logger.addHandler(handler)
+    handler.setFormatter(
+        JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    )
+
+
+class _ChatdHandler(logging.StreamHandler):
+    """chatd's own handler, so setting up twice (many apps in one process) adds one."""
