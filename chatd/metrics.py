@@ -86,6 +86,15 @@ class Metrics:
         )
         self._models: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
+        self._children: dict[tuple, object] = {}
+
+    def child(self, metric, *labels):
+        """Return ``metric.labels(*labels)``, looked up once per label set."""
+        key = (metric, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def model_label(self, provider: str, model: str) -> str:
         """Return ``model`` as a label value, or "other" once MAX_MODELS are known."""

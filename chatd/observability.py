@@ -10,11 +10,12 @@ an upstream sent is logged but these fields: never a header, a body or a key.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import re
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 
 from chatd import codec
@@ -25,13 +26,17 @@ access_log = logging.getLogger("chatd.access")
 # X-Request-ID values we take from a client (or nginx); anything else is replaced.
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 _current = threading.local()
+# New ids: 16 random hex digits per process, then a counter (32 in all), unique
+# across workers and restarts without a uuid4 (2 us) per request.
+_ID_PREFIX = os.urandom(8).hex()
+_id_counter = itertools.count()
 
 
 def request_id_from(header: str | None) -> str:
     """Return the client's request id if it is safe to log and echo, else a new one."""
     if header and REQUEST_ID.fullmatch(header):
         return header
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
 
 def current_request_id() -> str:
@@ -87,17 +92,18 @@ def finish(record: CallRecord, metrics: Metrics) -> None:
     record.finished = True
     total = time.monotonic() - record.started
     provider = record.provider
-    metrics.requests.labels(record.route, provider, str(record.status)).inc()
+    child = metrics.child
+    child(metrics.requests, record.route, provider, str(record.status)).inc()
     if provider != "-":
-        metrics.upstream_latency.labels(provider).observe(record.upstream_secs)
+        child(metrics.upstream_latency, provider).observe(record.upstream_secs)
         if record.first_token_secs is not None:
-            metrics.first_token.labels(provider).observe(record.first_token_secs)
+            child(metrics.first_token, provider).observe(record.first_token_secs)
         if not record.stream and record.upstream_secs:
             metrics.overhead.observe(max(0.0, total - record.upstream_secs))
         if record.prompt_tokens or record.completion_tokens:
             model = metrics.model_label(provider, record.model)
-            metrics.tokens.labels(provider, model, "in").inc(record.prompt_tokens)
-            metrics.tokens.labels(provider, model, "out").inc(record.completion_tokens)
+            child(metrics.tokens, provider, model, "in").inc(record.prompt_tokens)
+            child(metrics.tokens, provider, model, "out").inc(record.completion_tokens)
     if access_log.isEnabledFor(logging.INFO):
         access_log.info(
             "%s %s %s provider=%s model=%s latency_ms=%d upstream_ms=%d tokens=%d/%d "
