@@ -6,6 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= config/chatd.toml
+LINT_PATHS := chatd tests gunicorn.conf.py $(wildcard bench)
 
 .PHONY: help install run test lint bench check-config clean
 
@@ -32,8 +33,8 @@ test: $(STAMP)
 
 ## lint - ruff over the package and the tests
 lint: $(STAMP)
-	$(BIN)/ruff check chatd tests bench gunicorn.conf.py
-	$(BIN)/ruff format --check chatd tests bench gunicorn.conf.py
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
 ## bench - benchmark chatd against the direct upstream (nginx + wrk)
 bench: $(STAMP)
