@@ -74,6 +74,23 @@ def make_app(environ):
     return _make
 
 
+@pytest.fixture(scope="module")
+def fakes():
+    """One loopback fake upstream per provider, shared by a module's live tests."""
+    from tests.live import fake_providers
+
+    with fake_providers() as fakes:
+        yield fakes
+
+
+@pytest.fixture(autouse=True)
+def _fakes_answer_normally(request):
+    """Each live test starts with every fake answering normally (the last may not have)."""
+    if "fakes" in request.fixturenames:
+        for fake in request.getfixturevalue("fakes").values():
+            fake.behave("ok")
+
+
 @pytest.fixture
 def upstream():
     """A strict HTTP mock: unmatched calls fail, and every registered call must happen."""

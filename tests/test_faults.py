@@ -19,7 +19,6 @@ import requests
 from tests.conftest import TEST_KEYS
 from tests.live import (
     clean_env,
-    fake_providers,
     free_port,
     provider_urls,
     run_chatd,
@@ -30,18 +29,6 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 TIMEOUT = 2.0
 COOLDOWN = 1.5
 KEYS = {k: v for k, v in TEST_KEYS.items() if k != "OPENCODE_API_KEY"}  # opencode unregistered
-
-
-@pytest.fixture(scope="module")
-def fakes():
-    with fake_providers() as fakes:
-        yield fakes
-
-
-@pytest.fixture(autouse=True)
-def _fakes_behave(fakes):
-    for fake in fakes.values():
-        fake.behave("ok")
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ from tests.conftest import TEST_KEYS
 from tests.live import (
     ROOT,
     clean_env,
-    fake_providers,
     free_port,
     provider_urls,
     run_chatd,
@@ -52,12 +51,6 @@ def nginx_binary() -> str:
     found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
     assert found, "nginx did not install"
     return found
-
-
-@pytest.fixture(scope="module")
-def fakes():
-    with fake_providers() as fakes:
-        yield fakes
 
 
 @pytest.fixture(scope="module")

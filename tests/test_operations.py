@@ -20,7 +20,6 @@ from tests.conftest import TEST_KEYS
 from tests.live import (
     ROOT,
     clean_env,
-    fake_providers,
     free_port,
     provider_urls,
     run_chatd,
@@ -30,18 +29,6 @@ from tests.live import (
 MESSAGES = [{"role": "user", "content": "hi"}]
 TOKENS = ("token-old-8f3a1c", "token-new-2b7d9e")
 AUTH = {"Authorization": f"Bearer {TOKENS[1]}"}
-
-
-@pytest.fixture(scope="module")
-def fakes():
-    with fake_providers() as fakes:
-        yield fakes
-
-
-@pytest.fixture(autouse=True)
-def _fakes_behave(fakes):
-    for fake in fakes.values():
-        fake.behave("ok")
 
 
 def config(path, fakes, **extra):

@@ -10,22 +10,10 @@ import pytest
 import requests
 
 from tests.conftest import TEST_KEYS
-from tests.live import clean_env, fake_providers, provider_urls, run_chatd, write_config
+from tests.live import clean_env, provider_urls, run_chatd, write_config
 
 TIMEOUT_SECS = 2.0
 MESSAGES = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture(scope="module")
-def fakes():
-    with fake_providers() as fakes:
-        yield fakes
-
-
-@pytest.fixture(autouse=True)
-def _fakes_behave(fakes):
-    for fake in fakes.values():
-        fake.behave("ok")
 
 
 @pytest.fixture(scope="module")

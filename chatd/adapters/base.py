@@ -67,6 +67,14 @@ def upstream_message(raw: bytes) -> str:
         return trim(text)
 
 
+def copy_fields(request: ChatRequest, names: dict[str, str], into: dict) -> None:
+    """Copy each field of ``request`` that is set into ``into``, under its wire name."""
+    for field, name in names.items():
+        value = getattr(request, field)
+        if value is not None:
+            into[name] = value
+
+
 def usage(prompt: int, completion: int, total: int | None = None) -> dict:
     return {
         "prompt_tokens": prompt,

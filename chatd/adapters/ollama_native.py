@@ -14,11 +14,19 @@ import time
 import uuid
 
 from chatd import codec
-from chatd.adapters.base import ChatAdapter, ChunkContext, usage
+from chatd.adapters.base import ChatAdapter, ChunkContext, copy_fields, usage
 from chatd.adapters.framing import iter_ndjson
 from chatd.errors import BadRequest
 from chatd.validation import ChatRequest
 
+# chatd's sampling fields and their names inside Ollama's `options`.
+OPTION_NAMES = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "max_tokens": "num_predict",
+    "stop": "stop",
+    "seed": "seed",
+}
 # Native knobs that Ollama reads beside `options`, not inside it: a caller's
 # `options` may carry them and they still land where Ollama looks.
 TOP_LEVEL_KEYS = frozenset({"keep_alive", "think", "logprobs", "top_logprobs"})
@@ -119,16 +127,7 @@ class OllamaChatAdapter(ChatAdapter):
             "stream": request.stream,
         }
         options = {}
-        if request.temperature is not None:
-            options["temperature"] = request.temperature
-        if request.top_p is not None:
-            options["top_p"] = request.top_p
-        if request.max_tokens is not None:
-            options["num_predict"] = request.max_tokens
-        if request.stop is not None:
-            options["stop"] = request.stop
-        if request.seed is not None:
-            options["seed"] = request.seed
+        copy_fields(request, OPTION_NAMES, options)
         if request.format is not None:
             body["format"] = request.format
         if request.tools:

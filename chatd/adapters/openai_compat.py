@@ -8,10 +8,14 @@ pass-through: the model id is swapped and ``format`` becomes
 
 from __future__ import annotations
 
-from chatd.adapters.base import ChatAdapter, ChunkContext, usage
+from chatd.adapters.base import ChatAdapter, ChunkContext, copy_fields, usage
 from chatd.adapters.framing import iter_sse_events
 from chatd.validation import ChatRequest
 
+# chatd's fields that OpenAI's body takes under the same names, at the top level.
+BODY_NAMES = {
+    name: name for name in ("temperature", "top_p", "max_tokens", "stop", "seed", "tool_choice")
+}
 # Reasoning text arrives under different names; /chat calls it "thinking" as Ollama does.
 REASONING_KEYS = ("reasoning", "reasoning_content")
 
@@ -49,22 +53,11 @@ class OpenAIChatAdapter(ChatAdapter):
         body = {"model": upstream_model, "messages": request.messages, "stream": request.stream}
         if request.stream:
             body["stream_options"] = {"include_usage": True}
-        if request.temperature is not None:
-            body["temperature"] = request.temperature
-        if request.top_p is not None:
-            body["top_p"] = request.top_p
-        if request.max_tokens is not None:
-            body["max_tokens"] = request.max_tokens
-        if request.stop is not None:
-            body["stop"] = request.stop
-        if request.seed is not None:
-            body["seed"] = request.seed
+        copy_fields(request, BODY_NAMES, body)
         if request.format is not None:
             body["response_format"] = response_format(request.format)
         if request.tools:
             body["tools"] = request.tools
-        if request.tool_choice is not None:
-            body["tool_choice"] = request.tool_choice
         body.update(request.options)
         return body
 
