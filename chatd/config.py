@@ -395,6 +395,9 @@ def resolve_key(env_name: str, file_path: str, environ: Mapping[str, str]) -> tu
         return key, f"env {env_name}"
     if not file_path or not env_name or not os.path.exists(file_path):
         return "", ""
+    if not os.path.isfile(file_path):
+        log.warning("cannot read key file %s: not a file", file_path)
+        return "", ""
     try:
         key = (dotenv_values(file_path).get(env_name) or "").strip()
     except (OSError, UnicodeDecodeError) as e:
