@@ -45,8 +45,18 @@ def test_routes(name, provider, upstream_model):
 
 
 @pytest.mark.parametrize(
-    "name", ["ollama/", "kimi/", "opencode/", "ollama_cloud/", "ollama_cloud/:cloud", ":cloud",
-             "openrouter/", "openrouter/vendor-only", "openrouter/vendor/"]
+    "name",
+    [
+        "ollama/",
+        "kimi/",
+        "opencode/",
+        "ollama_cloud/",
+        "ollama_cloud/:cloud",
+        ":cloud",
+        "openrouter/",
+        "openrouter/vendor-only",
+        "openrouter/vendor/",
+    ],
 )
 def test_a_prefix_with_no_model_is_a_bad_request(name):
     with pytest.raises(BadRequest) as raised:
