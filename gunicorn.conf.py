@@ -50,10 +50,13 @@ backlog = 2048
 #   worker_class - gthread: a sync worker streaming longer than `timeout`
 #       would be killed because it cannot heartbeat (gunicorn #1440).
 #
-#   threads - Calls in flight per worker: [chatd] threads. Each upstream call
-#       or open stream holds one thread for its whole length, so size this to
-#       the concurrency you expect divided by workers. The upstream pools are
-#       sized to match.
+#   threads - Calls in flight per worker: [chatd] threads (default 128). Each
+#       upstream call or open stream holds one thread for its whole length.
+#       Size it to the whole concurrency you expect, not that divided by
+#       workers: each worker accepts for itself, and at 50 ms upstream latency
+#       one worker took all 96 of 96 connections (README, "Performance").
+#       Idle threads cost nothing; gthread starts them as calls need them.
+#       The upstream pools are sized to match.
 #
 #   timeout - For gthread this is only a heartbeat, but keep it above the
 #       upstream timeout so a worker is never reaped mid-call.
