@@ -17,10 +17,10 @@ help:
 $(STAMP): setup.cfg setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
+	$(BIN)/python -m pip install --quiet -e '.[test,lint,bench]'
 	touch $(STAMP)
 
-## install - make .venv and install chatd with its test and lint extras
+## install - make .venv and install chatd with its test, lint and bench extras
 install: $(STAMP)
 
 ## run - start chatd under gunicorn on $(CONFIG)

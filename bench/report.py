@@ -108,6 +108,12 @@ def streaming_table(streaming: dict) -> str:
     return "\n".join(rows)
 
 
+def profile_table(profile: dict) -> str:
+    rows = ["| layer | share of the worker's CPU samples |", "|---|---:|"]
+    rows += [f"| {layer} | {pct:.0f}% |" for layer, pct in profile["layers_percent"].items()]
+    return "\n".join(rows)
+
+
 def warnings_for(cells: list[dict], chatd_cpu: int, noise_percent: float) -> list[str]:
     """ERRORS lines for cells with failed requests; notes for noise and worker restarts."""
     warnings = []
@@ -185,6 +191,13 @@ def print_report(report: dict, path: str) -> None:
         f"connections; RSS of the {head['workers']} workers {head['workers_rss_mib']:.1f} MiB, "
         f"with the master {head['rss_mib']:.1f} MiB (PSS {head['pss_mib']:.1f} MiB).\n"
     )
+    if report.get("profile"):
+        profile = report["profile"]
+        print(
+            f"Where a chatd worker's CPU goes ({profile['target']}, {profile['connections']} "
+            f"connections, {profile['samples']:,} py-spy samples while holding the GIL):\n"
+        )
+        print(profile_table(profile) + "\n")
     for warning in report["warnings"]:
         print(f"{'!!!!' if warning.startswith('ERRORS') else 'note:'} {warning}")
     if report["chatd_log_problems"]:

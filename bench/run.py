@@ -3,6 +3,7 @@
     make bench                       # full: 3 runs x 10 s per cell, medians reported
     make bench BENCH_ARGS=--quick    # 1 run x 3 s per cell
     .venv/bin/python bench/run.py [--quick] [--workers N] [--threads N]
+        [--connections 1,32,96] [--targets chat-slow,...] [--no-profile]
 
 What it starts, all on 127.0.0.1, all stopped at the end (also on Ctrl-C):
 
@@ -10,6 +11,9 @@ What it starts, all on 127.0.0.1, all stopped at the end (also on Ctrl-C):
   ``/v1/chat/completions`` answers in a few µs, as fast as an upstream gets;
 - upstream.py (asyncio): the same Ollama answer after 50 ms, or streamed as
   20 NDJSON pieces 10 ms apart, which stock nginx cannot do;
+- forwarder.py under gunicorn with chatd's workers and threads, for two
+  reference rows: gunicorn alone (hello-world WSGI) and the field's bare Flask
+  + requests forwarder, the stack chatd is built on doing nothing else;
 - chatd exactly as a user starts it, ``CHATD_CONFIG=<toml> gunicorn -c
   gunicorn.conf.py``, with the shipped defaults (workers, threads, log level
   info: one access line per request, written to a file). One change: the local
@@ -17,9 +21,10 @@ What it starts, all on 127.0.0.1, all stopped at the end (also on Ctrl-C):
   every call at once.
 
 wrk (post.lua) loads every target at 1, 32 and 96 connections;
-stream_client.py times streamed pieces. chatd runs on CPU 1; wrk, the
-upstreams and this script on CPU 0, so chatd never shares a core with its
-load. Results go to stdout as markdown and to results/<date>.json
+stream_client.py times streamed pieces; py-spy then samples chatd's workers
+under one more load (not measured) to show where their CPU goes. chatd (and
+the forwarder) run on CPU 1; wrk, the upstreams and this script on CPU 0, so
+chatd never shares a core with its load. Results go to stdout as markdown and to results/<date>.json
 (<date>-quick.json for --quick). nginx and wrk are installed with apt-get
 when missing.
 """
@@ -47,6 +52,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from string import Template
 
+import cpu_profile
 import procfs
 import report
 import requests
@@ -60,6 +66,8 @@ ROOT = BENCH.parent
 
 CONNECTIONS = (1, 32, 96)
 LOAD_CPU, CHATD_CPU = 0, 1
+# The servers that run on CHATD_CPU (one at a time under load).
+ON_CHATD_CPU = ("chatd", "forwarder")
 # A request slower than this is a wrk "timeout" error rather than a latency.
 WRK_TIMEOUT = "5s"
 # wrk runs after which chatd's pools, caches and code paths are warm.
@@ -69,6 +77,8 @@ SETTLE_SECONDS = 0.3
 # The slow and the streaming upstream (upstream.py).
 SLOW_MS, PIECES, GAP_MS = 50, 20, 10
 STREAM_CALLS = 20
+# The profiled run (not measured): this target and concurrency, this long.
+PROFILE_TARGET, PROFILE_CONNECTIONS, PROFILE_SECONDS = "chat-ollama", 32, 8
 START_TIMEOUT, STOP_TIMEOUT = 30, 15
 # Apt packages for the tools; taskset is in util-linux.
 TOOLS = {"nginx": "nginx", "wrk": "wrk", "taskset": "util-linux"}
@@ -96,6 +106,8 @@ class Target:
     body: dict
     #: The direct target whose p50 this one adds to (None for a direct one).
     baseline: str | None = None
+    #: What a good answer holds (default: the canned content, or a stream's end).
+    expect: str | None = None
 
     @property
     def payload(self) -> bytes:
@@ -109,6 +121,10 @@ def chat_body(model: str, **extra) -> dict:
 TARGETS = [
     Target("nginx", "upstream direct: nginx /api/chat", "nginx", "/api/chat",
            chat_body("llama3.2", stream=False)),
+    Target("hello", "reference: gunicorn gthread alone, hello-world WSGI", "forwarder",
+           "/hello", chat_body("llama3.2"), "nginx", expect='"ok"'),
+    Target("forwarder", "reference: bare Flask + requests forwarder → nginx", "forwarder",
+           "/api/chat", chat_body("llama3.2", stream=False), "nginx"),
     Target("chat-ollama", "chatd /chat → Ollama-native", "chatd", "/chat",
            chat_body("llama3.2"), "nginx"),
     Target("chat-openai", "chatd /chat → OpenAI-style", "chatd", "/chat",
@@ -362,6 +378,23 @@ def start_chatd(procs: Processes, tmp: Path, config: Path, settings) -> tuple:
     raise RuntimeError(f"chatd was not ready in {START_TIMEOUT} s:\n{tail(log)}")
 
 
+def start_forwarder(procs: Processes, tmp: Path, nginx_port: int, settings) -> tuple:
+    """forwarder.py under gunicorn, with chatd's workers and threads, on chatd's CPU."""
+    port = free_port()
+    command = [
+        str(Path(sys.executable).with_name("gunicorn")),
+        *("-k", "gthread", "-w", str(settings.workers), "--threads", str(settings.threads)),
+        *("--bind", f"127.0.0.1:{port}", "forwarder:app"),
+    ]
+    log = tmp / "forwarder.log"
+    env = {k: v for k, v in chatd_env(tmp).items() if k != "CHATD_CONFIG"}
+    env["BENCH_UPSTREAM"] = f"http://127.0.0.1:{nginx_port}"
+    # cwd bench/: gunicorn reads ./gunicorn.conf.py when there is one, and chatd's is not for it.
+    process = procs.start("forwarder", command, cpu=CHATD_CPU, log=log, env=env, cwd=BENCH)
+    wait_for_port(port, process, "forwarder", log)
+    return process, port, procs.pinned(CHATD_CPU, command)
+
+
 class ChatdLog:
     """chatd's stderr (gunicorn's log and chatd's access lines), read run by run."""
 
@@ -419,7 +452,9 @@ def check_target(servers: Servers, target: Target) -> None:
     response = requests.post(
         servers.url(target), data=target.payload, headers=JSON_HEADERS, timeout=10
     )
-    if target.body.get("stream"):
+    if target.expect:
+        expected = target.expect
+    elif target.body.get("stream"):
         expected = "data: [DONE]" if target.server == "chatd" else '"done":true'
     else:
         expected = CONTENT
@@ -482,9 +517,10 @@ def measure(procs: Processes, servers: Servers, target: Target, connections: int
     time.sleep(SETTLE_SECONDS)
     wall = after.at - before.at
     cpu = after.tree_cpu(pid) - before.tree_cpu(pid)
-    # chatd's CPU busy with anything but chatd's processes: another job on the machine.
+    # chatd's CPU busy with anything but the server measured: another job on the machine.
+    pinned = pid if target.server in ON_CHATD_CPU else chatd
     chatd_other = after.cores[CHATD_CPU] - before.cores[CHATD_CPU]
-    chatd_other -= after.tree_cpu(chatd) - before.tree_cpu(chatd)
+    chatd_other -= after.tree_cpu(pinned) - before.tree_cpu(pinned)
     ours = set(procfs.tree(before.procs, os.getpid()) + procfs.tree(after.procs, os.getpid()))
     return {
         "requests": result["requests"],
@@ -514,10 +550,10 @@ def selected_targets(keys: str | None) -> list[Target]:
 
 
 def warm_up(procs: Processes, servers: Servers, targets: list[Target]) -> dict:
-    """Send every chatd target traffic first: pools, caches and code paths warm."""
+    """Send chatd and the forwarder traffic first: pools, caches and code paths warm."""
     served = {}
     for target in targets:
-        if target.server == "chatd":
+        if target.server in ON_CHATD_CPU:
             url = servers.url(target)
             result, _ = run_wrk(procs, url, target, WARMUP_CONNECTIONS, WARMUP_SECONDS)
             served[target.key] = result["requests"]
@@ -547,6 +583,42 @@ def run_cells(procs, servers: Servers, mode: Mode, targets: list[Target], levels
     ]
     report.add_baselines(cells, {t.key: t.baseline for t in targets if t.baseline})
     return cells
+
+
+def profile_worker(procs: Processes, servers: Servers, tmp: Path) -> dict | None:
+    """One more, unmeasured, wrk run with py-spy on a chatd worker: where its CPU goes."""
+    if not cpu_profile.py_spy():
+        progress("bench: py-spy not installed (the [bench] extra): no profile")
+        return None
+    target = TARGET[PROFILE_TARGET]
+    # Every worker: gunicorn may have given all the connections to one of them.
+    workers = procfs.process_tree(servers.pids["chatd"])[1:]
+    raws = [tmp / f"profile-{pid}.txt" for pid in workers]
+    progress(f"profiling chatd's workers: {target.label}, {PROFILE_CONNECTIONS} conns ...")
+    spies = [
+        cpu_profile.record(pid, PROFILE_SECONDS, raw)
+        for pid, raw in zip(workers, raws, strict=True)
+    ]
+    run_wrk(procs, servers.url(target), target, PROFILE_CONNECTIONS, PROFILE_SECONDS + 2)
+    problems = []
+    for spy in spies:
+        try:
+            problems.append(spy.communicate(timeout=PROFILE_SECONDS + 30)[1].strip())
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            problems.append("py-spy did not finish")
+    servers.chatd_log.read_new()
+    raws = [raw for raw in raws if raw.exists() and raw.stat().st_size]
+    if not raws:
+        progress(f"bench: py-spy gave no samples: {' '.join(problems)[-300:]}")
+        return None
+    return {
+        "target": target.label,
+        "connections": PROFILE_CONNECTIONS,
+        "command": f"py-spy record --gil --format raw --rate {cpu_profile.RATE} "
+        f"--duration {PROFILE_SECONDS} --pid <each worker>",
+        **cpu_profile.summarize(raws),
+    }
 
 
 # -- the report ------------------------------------------------------------------------
@@ -596,13 +668,20 @@ def benchmark(procs: Processes, tmp: Path, tools: dict, args, mode: Mode) -> dic
     config = write_chatd_config(tmp, nginx_port, upstream_port, args)
     settings = load_settings(str(config), environ=chatd_env(config))
     chatd, chatd_port, chatd_log, chatd_command = start_chatd(procs, tmp, config, settings)
+    forwarder, forwarder_port, forwarder_command = start_forwarder(procs, tmp, nginx_port, settings)
     servers = Servers(
         urls={
             "nginx": f"http://127.0.0.1:{nginx_port}",
             "upstream": f"http://127.0.0.1:{upstream_port}",
             "chatd": f"http://127.0.0.1:{chatd_port}",
+            "forwarder": f"http://127.0.0.1:{forwarder_port}",
         },
-        pids={"nginx": nginx.pid, "upstream": upstream.pid, "chatd": chatd.pid},
+        pids={
+            "nginx": nginx.pid,
+            "upstream": upstream.pid,
+            "chatd": chatd.pid,
+            "forwarder": forwarder.pid,
+        },
         chatd_port=chatd_port,
         chatd_log=ChatdLog(chatd_log),
     )
@@ -613,6 +692,9 @@ def benchmark(procs: Processes, tmp: Path, tools: dict, args, mode: Mode) -> dic
     progress(f"warming up chatd ({WARMUP_SECONDS} s per target) ...")
     warm = warm_up(procs, servers, targets)
     cells = run_cells(procs, servers, mode, targets, args.connections)
+    profile = None
+    if args.profile and TARGET[PROFILE_TARGET] in targets:
+        profile = profile_worker(procs, servers, tmp)
     streaming = {}
     if TARGET["chat-stream"] in targets:
         progress(f"streaming: {STREAM_CALLS} sequential calls each way ...")
@@ -651,6 +733,7 @@ def benchmark(procs: Processes, tmp: Path, tools: dict, args, mode: Mode) -> dic
             "upstream": shlex.join(upstream_command),
             "chatd": chatd_command,
             "chatd_config": config.read_text(),
+            "forwarder": shlex.join(forwarder_command),
             "wrk": "BENCH_BODY=<target body> "
             + shlex.join(procs.pinned(LOAD_CPU, wrk_command("<url>", 32, mode.seconds)))
             + "  (-t2 from 64 connections)",
@@ -662,6 +745,7 @@ def benchmark(procs: Processes, tmp: Path, tools: dict, args, mode: Mode) -> dic
         "warmup_requests": warm,
         "cells": cells,
         "streaming": streaming,
+        "profile": profile,
         "memory_at_end": memory,
         "headline": {
             "chat_added_p50_ms_at_1_connection": headline("chat-ollama", 1, "added_p50_ms"),
@@ -688,6 +772,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=lambda text: tuple(int(n) for n in text.split(",")),
         default=CONNECTIONS,
         help="comma-separated concurrency levels (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--no-profile",
+        dest="profile",
+        action="store_false",
+        help="skip the py-spy run that shows where a worker's CPU goes",
     )
     parser.add_argument(
         "--targets", help=f"comma-separated target keys, of: {', '.join(TARGET)} (default: all)"

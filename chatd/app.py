@@ -90,9 +90,8 @@ def create_app(settings: Settings | None = None, *, environ: Mapping[str, str] |
     if tokens:
         app.before_request(TokenCheck(tokens, settings.auth.protect_metrics))
     else:
-        app.logger.warning(
-            "no [auth] tokens: every client that can reach %s may call chatd", settings.bind
-        )
+        # Not the address: gunicorn's --bind may differ from [chatd] bind (its hook names it).
+        app.logger.warning("no [auth] tokens: every client that can reach chatd may call it")
 
     register_error_handlers(app)
     app.register_blueprint(chat.bp)
