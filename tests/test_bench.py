@@ -1,0 +1,131 @@
+"""The benchmark's own parts: canned answers, the slow and streaming upstream,
+the arithmetic of its report and the layers of its profile.
+
+`make bench` itself is not run here (it takes minutes and measures speed, which
+tests must not assert); these check that what it reports is computed right.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from tests.live import ROOT, free_port
+
+BENCH = ROOT / "bench"
+sys.path.append(str(BENCH))  # after site-packages: its names are generic
+
+import canned  # noqa: E402
+import cpu_profile  # noqa: E402
+import report  # noqa: E402
+
+GUNICORN_LOOP = (
+    "<module> (gunicorn:6);ThreadWorker.run (gunicorn/workers/gthread.py:425);"
+    "EpollSelector.select (selectors.py:468)"
+)
+REQUEST = (
+    "_worker (concurrent/futures/thread.py:83);"
+    "ThreadWorker.handle (gunicorn/workers/gthread.py:532);"
+    "Flask.wsgi_app (flask/app.py:1511)"
+)
+
+
+def test_ollama_stream_splits_the_canned_content_and_ends_done():
+    lines = [json.loads(line) for line in canned.ollama_stream(20)]
+    assert len(lines) == 21
+    assert "".join(line["message"]["content"] for line in lines) == canned.CONTENT
+    assert [line["done"] for line in lines] == [False] * 20 + [True]
+    assert lines[-1]["eval_count"] == canned.STATS["eval_count"]
+
+
+@pytest.mark.parametrize(
+    "stack, layer",
+    [
+        (GUNICORN_LOOP, "gunicorn"),
+        (REQUEST + ";dispatch (chatd/api/chat.py:40);loads (json/__init__.py:346)", "chatd"),
+        (REQUEST + ";parse_headers (http/client.py:243);Parser.parse (email/parser.py:53)", "http"),
+        (REQUEST + ";Session.send (requests/sessions.py:703)", "requests"),
+        (REQUEST + ";Logger.info (logging/__init__.py:1489)", "logging"),
+        (REQUEST, "Flask"),
+        ("Thread.run (threading.py:975)", "other"),
+    ],
+)
+def test_a_sample_is_charged_to_its_innermost_known_layer(stack, layer):
+    assert cpu_profile.layer_of(stack.split(";")).startswith(layer)
+
+
+def test_summarize_adds_the_samples_of_every_worker(tmp_path):
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text(f"{GUNICORN_LOOP} 30\n{REQUEST};dispatch (chatd/api/chat.py:40) 10\n")
+    second.write_text(f"{GUNICORN_LOOP} 60\n")
+    summary = cpu_profile.summarize([first, second])
+    assert summary["samples"] == 100
+    layers = summary["layers_percent"]
+    assert layers[cpu_profile.LAYERS[-1][1]] == 90.0
+    assert layers["chatd (validation, routing, mapping, dispatch, observability)"] == 10.0
+
+
+def cell(key, connections, p50, wrk_errors=None, non_2xx=None):
+    return {
+        "target": key,
+        "connections": connections,
+        "p50_ms": p50,
+        "requests": 1000,
+        "wrk_errors": wrk_errors or {},
+        "non_2xx": non_2xx or {},
+    }
+
+
+def test_added_latency_is_against_the_baseline_at_the_same_concurrency():
+    cells = [cell("nginx", 1, 0.02), cell("nginx", 32, 0.3), cell("chat", 1, 0.8)]
+    cells.append(cell("chat", 32, 25.3))
+    for c in cells:
+        c["added_p50_ms"] = None
+    report.add_baselines(cells, {"chat": "nginx"})
+    assert [c["added_p50_ms"] for c in cells] == [None, None, pytest.approx(0.78), 25.0]
+
+
+def test_errors_count_sockets_and_the_larger_of_the_two_status_counts():
+    errors = {"connect": 2, "read": 1, "write": 0, "timeout": 3, "status": 40}
+    assert report.error_count(cell("x", 1, 1, errors, {"503": 45})) == 6 + 45
+    assert report.error_count(cell("x", 1, 1, errors, {"503": 12})) == 6 + 40
+    assert report.error_count(cell("x", 1, 1, {"status": 0}, {})) == 0
+
+
+@pytest.fixture
+def upstream():
+    port = free_port()
+    command = [sys.executable, str(BENCH / "upstream.py"), "--port", str(port)]
+    command += ["--delay-ms", "100", "--pieces", "5", "--gap-ms", "20", "--max-seconds", "60"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert b"listening" in process.stdout.readline()
+        yield f"http://127.0.0.1:{port}/api/chat"
+    finally:
+        process.terminate()
+        process.wait(10)
+        process.stdout.close()
+
+
+def test_bench_upstream_answers_late_and_streams_on_schedule(upstream):
+    body = {"model": "m", "messages": canned.MESSAGES}
+    started = time.monotonic()
+    answer = requests.post(upstream, json={**body, "stream": False}, timeout=5)
+    assert time.monotonic() - started >= 0.1
+    assert answer.json() == canned.OLLAMA_ANSWER
+
+    started, arrivals = time.monotonic(), []
+    with requests.post(upstream, json=body, stream=True, timeout=5) as streamed:
+        for line in streamed.iter_lines():
+            arrivals.append((time.monotonic() - started, json.loads(line)))
+    assert [piece["done"] for _, piece in arrivals] == [False] * 5 + [True]
+    # Five pieces 20 ms apart: the fifth no sooner than 80 ms after the first.
+    assert arrivals[4][0] - arrivals[0][0] >= 0.08
+
+    missing = requests.post(upstream.replace("/api/chat", "/nope"), json=body, timeout=5)
+    assert missing.status_code == 404
