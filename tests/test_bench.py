@@ -116,7 +116,7 @@ def test_bench_upstream_answers_late_and_streams_on_schedule(upstream):
     body = {"model": "m", "messages": canned.MESSAGES}
     started = time.monotonic()
     answer = requests.post(upstream, json={**body, "stream": False}, timeout=5)
-    assert time.monotonic() - started >= 0.1
+    assert time.monotonic() - started >= 0.09  # asyncio may wake a timer a tick early
     assert answer.json() == canned.OLLAMA_ANSWER
 
     started, arrivals = time.monotonic(), []
@@ -124,8 +124,9 @@ def test_bench_upstream_answers_late_and_streams_on_schedule(upstream):
         for line in streamed.iter_lines():
             arrivals.append((time.monotonic() - started, json.loads(line)))
     assert [piece["done"] for _, piece in arrivals] == [False] * 5 + [True]
-    # Five pieces 20 ms apart: the fifth no sooner than 80 ms after the first.
-    assert arrivals[4][0] - arrivals[0][0] >= 0.08
+    # Five pieces 20 ms apart, not one burst: the fifth is sent 80 ms after the
+    # first (the first may arrive a little late, so allow a margin).
+    assert arrivals[4][0] - arrivals[0][0] >= 0.06
 
     missing = requests.post(upstream.replace("/api/chat", "/nope"), json=body, timeout=5)
     assert missing.status_code == 404
