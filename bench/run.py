@@ -157,8 +157,10 @@ def ensure_tools() -> dict[str, str]:
     if missing:
         packages = sorted({TOOLS[tool] for tool in missing})
         print(f"bench: {', '.join(missing)} missing; installing {' '.join(packages)}", flush=True)
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for command in (["apt-get", "update"], ["apt-get", "install", "-y", *packages]):
+        # RUNLEVEL=1: the package's scripts must not start a system nginx on port 80.
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "RUNLEVEL": "1"}
+        apt = ["apt-get", "-o", "DPkg::Lock::Timeout=300"]
+        for command in ([*apt, "update"], [*apt, "install", "-y", *packages]):
             try:
                 # apt's chatter goes to stderr: stdout is for the report.
                 subprocess.run(command, env=env, check=True, timeout=900, stdout=sys.stderr)
