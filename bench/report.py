@@ -40,12 +40,16 @@ def summarize(key: str, label: str, connections: int, runs: list[dict]) -> dict:
 
 
 def add_baselines(cells: list[dict], baselines: dict[str, str]) -> None:
-    """Fill added_p50_ms: a cell's p50 minus its direct upstream's at the same concurrency."""
+    """Compare each cell with its direct upstream's at the same concurrency, in the same
+    run: added_p50_ms (the difference), and p50 and req/s as ratios to direct."""
     by_key = {(cell["target"], cell["connections"]): cell for cell in cells}
     for cell in cells:
         base = baselines.get(cell["target"])
         if base:
-            cell["added_p50_ms"] = cell["p50_ms"] - by_key[base, cell["connections"]]["p50_ms"]
+            direct = by_key[base, cell["connections"]]
+            cell["added_p50_ms"] = cell["p50_ms"] - direct["p50_ms"]
+            cell["p50_ratio"] = cell["p50_ms"] / direct["p50_ms"]
+            cell["req_per_s_ratio"] = cell["req_per_s"] / direct["req_per_s"]
 
 
 def error_count(cell: dict) -> int:
@@ -79,13 +83,15 @@ def ms(value: float | None, signed: bool = False) -> str:
 
 def cells_table(cells: list[dict]) -> str:
     rows = [
-        "| target | conns | req/s | p50 ms | p99 ms | added p50 ms | CPU µs/req | CPU % "
-        "| RSS MiB | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| target | conns | req/s | × direct | p50 ms | p99 ms | added p50 ms | CPU µs/req "
+        "| CPU % | RSS MiB | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for cell in sorted(cells, key=lambda c: c["connections"]):
+        ratio = cell.get("req_per_s_ratio")
         rows.append(
             f"| {cell['label']} | {cell['connections']} | {cell['req_per_s']:,.0f} "
+            f"| {'' if ratio is None else f'{ratio:.3g}'} "
             f"| {ms(cell['p50_ms'])} | {ms(cell['p99_ms'])} "
             f"| {ms(cell['added_p50_ms'], signed=True)} | {cell['cpu_us_per_req']:,.0f} "
             f"| {cell['cpu_percent']:.0f} | {cell['rss_mib']:.1f} | {error_text(cell)} |"
@@ -176,9 +182,10 @@ def print_report(report: dict, path: str) -> None:
     print(cells_table(report["cells"]))
     print(
         "\nCPU µs/req, CPU % and RSS are the answering server's: chatd's gunicorn tree on "
-        "chatd rows, nginx's or upstream.py's on direct rows. added p50 = chatd's p50 minus "
-        "the direct upstream's at the same concurrency. Rows with errors count the (fast) "
-        "error answers in req/s and latency.\n"
+        "chatd rows, nginx's or upstream.py's on direct rows. × direct = req/s as a ratio to "
+        "the direct upstream's at the same concurrency in the same run; added p50 = p50 minus "
+        "the direct upstream's. Rows with errors count the (fast) error answers in req/s and "
+        "latency.\n"
     )
     if report["streaming"]:
         print(streaming_table(report["streaming"]))

@@ -70,11 +70,12 @@ def test_summarize_adds_the_samples_of_every_worker(tmp_path):
     assert layers["chatd (validation, routing, mapping, dispatch, observability)"] == 10.0
 
 
-def cell(key, connections, p50, wrk_errors=None, non_2xx=None):
+def cell(key, connections, p50, wrk_errors=None, non_2xx=None, req_per_s=100.0):
     return {
         "target": key,
         "connections": connections,
         "p50_ms": p50,
+        "req_per_s": req_per_s,
         "requests": 1000,
         "wrk_errors": wrk_errors or {},
         "non_2xx": non_2xx or {},
@@ -82,12 +83,14 @@ def cell(key, connections, p50, wrk_errors=None, non_2xx=None):
 
 
 def test_added_latency_is_against_the_baseline_at_the_same_concurrency():
-    cells = [cell("nginx", 1, 0.02), cell("nginx", 32, 0.3), cell("chat", 1, 0.8)]
-    cells.append(cell("chat", 32, 25.3))
+    cells = [cell("nginx", 1, 0.02, req_per_s=40000), cell("nginx", 32, 0.3, req_per_s=70000)]
+    cells += [cell("chat", 1, 0.8, req_per_s=1200), cell("chat", 32, 25.3, req_per_s=1400)]
     for c in cells:
         c["added_p50_ms"] = None
     report.add_baselines(cells, {"chat": "nginx"})
     assert [c["added_p50_ms"] for c in cells] == [None, None, pytest.approx(0.78), 25.0]
+    assert cells[2]["p50_ratio"] == pytest.approx(40.0)
+    assert [c.get("req_per_s_ratio") for c in cells] == [None, None, 0.03, 0.02]
 
 
 def test_errors_count_sockets_and_the_larger_of_the_two_status_counts():
