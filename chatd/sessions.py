@@ -6,14 +6,108 @@ may change after :func:`make_session` returns (psf/requests#2766).
 
 from __future__ import annotations
 
+import itertools
+import socket
+import threading
+import time
 from http.cookiejar import DefaultCookiePolicy
 
 import requests
+import urllib3.connection
 from requests.adapters import HTTPAdapter
 from requests.models import Response
 from requests.structures import CaseInsensitiveDict
 
 import chatd
+
+# The deadline (time.monotonic()) for the current thread's next upstream answer
+# to have sent its status line and headers; None: no deadline but the per-read one.
+head_deadline = threading.local()
+
+
+class HeadWatchdog:
+    """Shuts the socket of an upstream call whose answer's head is late.
+
+    requests' read timeout is per read, so an upstream that sends its status
+    line and headers a byte at a time, each in time, could hold a thread for as
+    long as it liked. (The body has its own total deadline, in the adapter.)
+    One thread per process checks the calls waiting for a head every ``TICK``
+    seconds; there are never more of them than threads.
+    """
+
+    TICK = 0.1
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._calls: dict[int, list] = {}  # token -> [deadline, connection, fired]
+        self._tokens = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, deadline: float, connection) -> int:
+        token = next(self._tokens)
+        with self._lock:
+            self._calls[token] = [deadline, connection, False]
+            if self._thread is None:  # started on first use: in the worker, after fork
+                self._thread = threading.Thread(
+                    target=self._run, name="chatd-head-watchdog", daemon=True
+                )
+                self._thread.start()
+        return token
+
+    def done(self, token: int) -> bool:
+        """Stop watching; True if the deadline passed and the socket was shut."""
+        # Under the lock: once this returns, the connection (soon back in its
+        # pool, maybe lent to another call) is never shut on this call's behalf.
+        with self._lock:
+            return self._calls.pop(token)[2]
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.TICK)
+            now = time.monotonic()
+            with self._lock:
+                for call in self._calls.values():
+                    if not call[2] and call[0] <= now:
+                        call[2] = True
+                        sock = call[1].sock
+                        if sock is not None:
+                            try:
+                                sock.shutdown(socket.SHUT_RDWR)
+                            except OSError:
+                                pass
+
+
+WATCHDOG = HeadWatchdog()
+
+
+class _HeadDeadline:
+    """Keeps an upstream answer's status line and headers within ``head_deadline``."""
+
+    def getresponse(self, *args, **kwargs):
+        deadline = getattr(head_deadline, "at", None)
+        if deadline is None:
+            return super().getresponse(*args, **kwargs)
+        token = WATCHDOG.watch(deadline, self)
+        try:
+            response = super().getresponse(*args, **kwargs)
+        except BaseException:
+            if WATCHDOG.done(token):
+                # urllib3 turns this into a read timeout, requests into Timeout.
+                raise TimeoutError("the answer's head was not in by the deadline") from None
+            raise
+        if WATCHDOG.done(token):
+            # A shut socket can look like the end of the headers: never trust this answer.
+            response.close()
+            raise TimeoutError("the answer's head was not in by the deadline")
+        return response
+
+
+class HTTPConnection(_HeadDeadline, urllib3.connection.HTTPConnection):
+    pass
+
+
+class HTTPSConnection(_HeadDeadline, urllib3.connection.HTTPSConnection):
+    pass
 
 
 def user_agent() -> str:
@@ -46,6 +140,7 @@ class UpstreamAdapter(HTTPAdapter):
             pool = self._pools[key] = super().get_connection_with_tls_context(
                 request, verify, proxies, cert
             )
+            pool.ConnectionCls = HTTPSConnection if key.startswith("https") else HTTPConnection
         return pool
 
     def request_url(self, request, proxies):

@@ -87,8 +87,8 @@ class FakeUpstream:
         """Set how the next chat calls are answered.
 
         modes: ok, status (status, body, headers), hang (delay), drip (interval,
-        size), reset, invalid_json, big (size); ``times=N`` misbehaves N times,
-        then answers normally. Streaming calls in mode ok send
+        size), drip_head (interval), reset, invalid_json, big (size); ``times=N``
+        misbehaves N times, then answers normally. Streaming calls in mode ok send
         ``pieces`` (a list of strings) ``interval`` seconds apart; ``cut_after``
         N pieces drops the connection, ``error_after`` N pieces sends an in-band
         error, ``stall_after`` N pieces goes quiet for ``stall`` seconds.
@@ -150,6 +150,8 @@ class FakeUpstream:
             return self.send(handler, 200, self.chat_answer(recorded.json))
         if mode == "drip":
             return self._drip(handler, opt.get("interval", 0.2), opt.get("size", 200))
+        if mode == "drip_head":
+            return self._drip_head(handler, opt.get("interval", 0.2))
         if mode == "reset":
             return self._reset(handler)
         if mode == "invalid_json":
@@ -237,6 +239,19 @@ class FakeUpstream:
                 handler.wfile.flush()
             except OSError:
                 break
+        handler.close_connection = True
+
+    def _drip_head(self, handler, interval: float) -> None:
+        """Send the status line, then a header one byte every ``interval`` seconds."""
+        deadline = time.monotonic() + WAIT_EVENT_TIMEOUT * 4
+        try:
+            handler.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            handler.wfile.flush()
+            while not self._stopping.wait(interval) and time.monotonic() < deadline:
+                handler.wfile.write(b"a")
+                handler.wfile.flush()
+        except OSError:
+            pass
         handler.close_connection = True
 
     def _reset(self, handler) -> None:

@@ -138,6 +138,19 @@ def test_dripping_upstream_is_504_at_the_total_deadline(live, fakes):
     assert TIMEOUT_SECS * 0.9 <= elapsed < TIMEOUT_SECS + 1.5
 
 
+def test_upstream_dripping_its_headers_is_504_at_the_deadline(live, fakes):
+    # Headers a byte at a time: every read is in time, the head never ends.
+    fakes["ollama"].behave("drip_head", interval=0.2)
+    started = time.monotonic()
+    response = chat(live, "ollama/llama3.2")
+    elapsed = time.monotonic() - started
+    assert response.status_code == 504
+    assert response.json()["error"]["type"] == "upstream_timeout"
+    assert TIMEOUT_SECS * 0.9 <= elapsed < TIMEOUT_SECS + 1.5
+    fakes["ollama"].behave("ok")
+    assert chat(live, "ollama/llama3.2").status_code == 200
+
+
 def test_upstream_reset_mid_body_is_502(live, fakes):
     fakes["kimi"].behave("reset")
     response = chat(live, "kimi/kimi-for-coding")

@@ -21,6 +21,7 @@ from chatd import codec
 from chatd.adapters.framing import BadEvent, StreamCut
 from chatd.errors import UpstreamError, UpstreamRateLimited, UpstreamTimeout, trim
 from chatd.resilience import Policy
+from chatd.sessions import head_deadline
 from chatd.validation import ChatRequest
 
 # Error bodies are read no further than this: only the first KiB is passed on.
@@ -294,6 +295,8 @@ class ChatAdapter:
         if request_id:
             prepared.headers["X-Request-ID"] = request_id
         prepared.body = payload
+        # The head (status line and headers) in first_byte, not just each read of it.
+        head_deadline.at = time.monotonic() + first_byte
         try:
             response = self._transport.send(
                 prepared, stream=True, timeout=(policy.connect_timeout, first_byte)
@@ -311,6 +314,8 @@ class ChatAdapter:
                 retryable=True,
                 provider=self.provider,
             ) from None
+        finally:
+            head_deadline.at = None
         if response.status_code >= 400:
             with response:
                 raw = self._read_body(response, deadline, MAX_ERROR_BODY, truncate=True)
