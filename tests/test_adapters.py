@@ -7,11 +7,14 @@ and so does an expected call that never happened.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 
 import pytest
 from responses import matchers
 
 import chatd
+from chatd.adapters.base import retry_after_secs
 from tests.conftest import TEST_KEYS
 
 MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
@@ -264,3 +267,24 @@ def test_remote_images_are_refused_for_ollama(client):
     )
     assert response.status_code == 400
     assert "data: URLs" in response.json["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "value, low, high",
+    [
+        ("7", 7, 7),
+        ("0.5", 0.5, 0.5),
+        ("-3", 0, 0),
+        (None, None, None),
+        ("soon", None, None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0, 0),  # in the past: retry now
+    ],
+)
+def test_retry_after_is_seconds_or_an_http_date(value, low, high):
+    got = retry_after_secs(value)
+    assert got is None if low is None else low <= got <= high
+
+
+def test_retry_after_as_a_future_http_date_is_the_seconds_until_then():
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    assert 28 <= retry_after_secs(when) <= 30

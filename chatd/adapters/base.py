@@ -13,6 +13,8 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 import requests
 import urllib3
@@ -38,11 +40,20 @@ RETRYABLE = frozenset({502, 503, 504})
 
 
 def retry_after_secs(value: str | None) -> float | None:
-    """Parse a Retry-After in seconds; HTTP dates are not honoured (None)."""
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
+    """Parse a Retry-After: seconds, or an HTTP date (RFC 9110, 10.2.3); None if neither."""
+    if not value:
         return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is always GMT; obsolete forms may say -0000
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def error_text(body) -> str | None:
