@@ -63,6 +63,10 @@ class CallRecord:
     retries: int = 0
     tried: list[str] = field(default_factory=list)
     stream: bool = False
+    #: How a stream ended: "done" ([DONE] sent), "error:<type>" (cut with an
+    #: error event) or "client_gone" (the client left first). The status is 200
+    #: once a stream has begun, so this is what tells a cut stream in the log.
+    stream_end: str = "-"
     finished: bool = False
 
     def begin(self) -> None:
@@ -91,6 +95,8 @@ def finish(record: CallRecord, metrics: Metrics) -> None:
         return
     record.finished = True
     total = time.monotonic() - record.started
+    if record.stream and record.stream_end == "-":
+        record.stream_end = "client_gone"
     provider = record.provider
     child = metrics.child
     child(metrics.requests, record.route, provider, str(record.status)).inc()
@@ -107,7 +113,7 @@ def finish(record: CallRecord, metrics: Metrics) -> None:
     if access_log.isEnabledFor(logging.INFO):
         access_log.info(
             "%s %s %s provider=%s model=%s latency_ms=%d upstream_ms=%d tokens=%d/%d "
-            "retries=%d fallbacks=%s client=%s",
+            "retries=%d fallbacks=%s stream=%s client=%s",
             record.method,
             record.path,
             record.status,
@@ -119,6 +125,7 @@ def finish(record: CallRecord, metrics: Metrics) -> None:
             record.completion_tokens,
             record.retries,
             ",".join(record.tried) if len(record.tried) > 1 else "-",
+            record.stream_end,
             record.client,
             extra={"access": record, "latency_ms": round(total * 1000, 1)},
         )
@@ -163,6 +170,7 @@ class JsonFormatter(logging.Formatter):
                 retries=access.retries,
                 fallbacks=access.tried if len(access.tried) > 1 else [],
                 stream=access.stream,
+                stream_end=access.stream_end if access.stream else None,
             )
         else:
             line["message"] = record.getMessage()

@@ -57,6 +57,7 @@ def chat_events(
             counts = parts.get("usage", counts)
         record.count_tokens(counts)
         yield sse({**head, "delta": {}, "done_reason": done_reason, "usage": counts or usage(0, 0)})
+        record.stream_end = "done"
         yield DONE
     except ChatdError as e:
         yield cut(e, record)
@@ -75,6 +76,7 @@ def openai_events(
                 record.count_tokens(counts)
             for chunk in adapter.translate(adapter.openai_chunks, event, context):
                 yield sse(chunk)
+        record.stream_end = "done"
         yield DONE
     except ChatdError as e:
         yield cut(e, record)
@@ -85,6 +87,7 @@ def openai_events(
 def cut(error: ChatdError, record: CallRecord) -> bytes:
     """Log a stream cut short, and return the error event that tells the client."""
     record.begin()  # the generator may run after the view returned
+    record.stream_end = f"error:{error.error_type}"
     log.warning("stream from %s cut: %s", record.provider, error.message)
     body = error.to_dict()
     body["error"]["request_id"] = record.request_id

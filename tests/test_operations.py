@@ -137,6 +137,33 @@ def test_every_log_line_is_json_with_a_request_id(live, fakes):
     assert access["retries"] == 1 and access["status"] == 502
 
 
+def access_line(live, request_id: str) -> dict:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # a stream's line is written when it closes
+        lines = [line for line in log_lines(live) if line.get("request_id") == request_id]
+        access = [line for line in lines if line["logger"] == "chatd.access"]
+        if access:
+            return access[-1]
+        time.sleep(0.05)
+    raise AssertionError(f"no access line for {request_id}")
+
+
+@pytest.mark.parametrize(
+    "behaviour, end",
+    [({}, "done"), ({"error_after": 1}, "error:upstream_error")],
+    ids=["finished", "cut"],
+)
+def test_a_streams_access_line_says_how_it_ended(live, fakes, behaviour, end):
+    fakes["ollama"].behave("ok", pieces=["a", "b"], **behaviour)
+    request_id = f"stream-{end}"
+    response = post(live, stream=True, headers={**AUTH, "X-Request-ID": request_id})
+    assert response.status_code == 200  # a stream's status is sent before it can fail
+    access = access_line(live, request_id)
+    assert access["stream"] is True and access["stream_end"] == end
+    assert access["status"] == 200
+    fakes["ollama"].behave("ok")
+
+
 def test_client_address_comes_through_the_trusted_proxy(live):
     post(live, headers={**AUTH, "X-Forwarded-For": "198.51.100.7", "X-Request-ID": "xff-1"})
     time.sleep(0.1)
