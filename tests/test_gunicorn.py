@@ -118,37 +118,27 @@ def test_providers_and_health(live):
     assert requests.get(live.url + "/health", timeout=5).json() == {"status": "ok"}
 
 
-def test_hanging_upstream_is_504_at_the_deadline(live, fakes):
-    fakes["openrouter"].behave("hang", delay=TIMEOUT_SECS * 3)
+@pytest.mark.parametrize(
+    "fake, model, mode, options",
+    [
+        ("openrouter", "openrouter/a/b", "hang", {"delay": TIMEOUT_SECS * 3}),
+        # A byte every 0.2 s never trips a per-read timeout; only a total deadline stops it.
+        ("ollama", "ollama/llama3.2", "drip", {"interval": 0.2, "size": 200}),
+        # Headers a byte at a time: every read is in time, the head never ends.
+        ("ollama", "ollama/llama3.2", "drip_head", {"interval": 0.2}),
+    ],
+    ids=["hang", "drip body", "drip headers"],
+)
+def test_slow_upstream_is_504_at_the_deadline(live, fakes, fake, model, mode, options):
+    fakes[fake].behave(mode, **options)
     started = time.monotonic()
-    response = chat(live, "openrouter/a/b")
+    response = chat(live, model)
     elapsed = time.monotonic() - started
     assert response.status_code == 504
     assert response.json()["error"]["type"] == "upstream_timeout"
     assert TIMEOUT_SECS * 0.9 <= elapsed < TIMEOUT_SECS + 1.5
-
-
-def test_dripping_upstream_is_504_at_the_total_deadline(live, fakes):
-    # One byte every 0.2 s never trips a per-read timeout; only a total deadline stops it.
-    fakes["ollama"].behave("drip", interval=0.2, size=200)
-    started = time.monotonic()
-    response = chat(live, "ollama/llama3.2")
-    elapsed = time.monotonic() - started
-    assert response.status_code == 504
-    assert TIMEOUT_SECS * 0.9 <= elapsed < TIMEOUT_SECS + 1.5
-
-
-def test_upstream_dripping_its_headers_is_504_at_the_deadline(live, fakes):
-    # Headers a byte at a time: every read is in time, the head never ends.
-    fakes["ollama"].behave("drip_head", interval=0.2)
-    started = time.monotonic()
-    response = chat(live, "ollama/llama3.2")
-    elapsed = time.monotonic() - started
-    assert response.status_code == 504
-    assert response.json()["error"]["type"] == "upstream_timeout"
-    assert TIMEOUT_SECS * 0.9 <= elapsed < TIMEOUT_SECS + 1.5
-    fakes["ollama"].behave("ok")
-    assert chat(live, "ollama/llama3.2").status_code == 200
+    fakes[fake].behave("ok")
+    assert chat(live, model).status_code == 200
 
 
 def test_upstream_reset_mid_body_is_502(live, fakes):
