@@ -44,10 +44,11 @@ def chat_events(
     upstream: UpstreamStream, adapter: ChatAdapter, route: Route, record: CallRecord
 ) -> Iterator[bytes]:
     """/chat's stream: a ``delta`` per piece, a last event with done_reason and usage, [DONE]."""
-    head = {"model": route.upstream_model, "provider": route.provider}
-    done_reason = None
-    counts = None
-    try:
+
+    def events() -> Iterator[bytes]:
+        head = {"model": route.upstream_model, "provider": route.provider}
+        done_reason = None
+        counts = None
         for event in upstream:
             parts = adapter.translate(adapter.parse_event, event)
             delta = {key: parts[key] for key in DELTA_KEYS if key in parts}
@@ -57,25 +58,33 @@ def chat_events(
             counts = parts.get("usage", counts)
         record.count_tokens(counts)
         yield sse({**head, "delta": {}, "done_reason": done_reason, "usage": counts or usage(0, 0)})
-        record.stream_end = "done"
-        yield DONE
-    except ChatdError as e:
-        yield cut(e, record)
-    finally:
-        upstream.close()
+
+    return finished_or_cut(events(), upstream, record)
 
 
 def openai_events(
     upstream: UpstreamStream, adapter: ChatAdapter, context: ChunkContext, record: CallRecord
 ) -> Iterator[bytes]:
     """/v1's stream: ``chat.completion.chunk`` events, then [DONE]."""
-    try:
+
+    def events() -> Iterator[bytes]:
         for event in upstream:
             counts = adapter.translate(adapter.parse_event, event).get("usage")
             if counts:
                 record.count_tokens(counts)
             for chunk in adapter.translate(adapter.openai_chunks, event, context):
                 yield sse(chunk)
+
+    return finished_or_cut(events(), upstream, record)
+
+
+def finished_or_cut(
+    events: Iterator[bytes], upstream: UpstreamStream, record: CallRecord
+) -> Iterator[bytes]:
+    """``events``, then [DONE]; or, once the upstream fails, an error event and no [DONE].
+    The upstream is closed however it ends, the client leaving included."""
+    try:
+        yield from events
         record.stream_end = "done"
         yield DONE
     except ChatdError as e:
