@@ -68,14 +68,36 @@ def write_config(path: Path, **fields) -> Path:
     return path
 
 
+# The console script of the chatd installed beside this Python.
+CHATD_SCRIPT = Path(sys.executable).parent / "chatd"
+
+
+def chatd_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run ``chatd ARGS`` to its end (a check, or a start-up that must fail)."""
+    return subprocess.run(
+        [str(CHATD_SCRIPT), *args], capture_output=True, text=True, timeout=20, cwd=ROOT, env=env
+    )
+
+
+def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+    """Send ``sig`` and wait ``timeout`` seconds; kill what is still running after that."""
+    if process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
 @contextlib.contextmanager
 def run_chatd(config_path: Path, env: dict[str, str], *args: str, workers: int = 1):
     """Start ``chatd --config config_path`` under gunicorn; stop it on exit."""
     port = free_port()
-    chatd_script = Path(sys.executable).parent / "chatd"
     log_file = tempfile.NamedTemporaryFile(prefix="chatd-live-", suffix=".log", delete=False)
     command = [
-        str(chatd_script),
+        str(CHATD_SCRIPT),
         "--config",
         str(config_path),
         "--bind",
@@ -105,13 +127,7 @@ def run_chatd(config_path: Path, env: dict[str, str], *args: str, workers: int =
             time.sleep(0.1)
         yield LiveChatd(process, url, Path(log_file.name))
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+        stop(process)
         log_file.close()
 
 

@@ -15,7 +15,7 @@ import time
 import pytest
 import requests
 
-from tests.live import ROOT, free_port
+from tests.live import ROOT, free_port, stop
 
 BENCH = ROOT / "bench"
 sys.path.append(str(BENCH))  # after site-packages: its names are generic
@@ -110,8 +110,7 @@ def upstream():
         assert b"listening" in process.stdout.readline()
         yield f"http://127.0.0.1:{port}/api/chat"
     finally:
-        process.terminate()
-        process.wait(10)
+        stop(process, timeout=10)
         process.stdout.close()
 
 

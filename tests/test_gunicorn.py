@@ -15,7 +15,7 @@ import requests
 
 from chatd import __version__
 from tests.conftest import TEST_KEYS
-from tests.live import ROOT, clean_env, provider_urls, run_chatd, write_config
+from tests.live import ROOT, chatd_cli, clean_env, provider_urls, run_chatd, write_config
 
 TIMEOUT_SECS = 2.0
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -208,15 +208,7 @@ def test_no_key_reaches_the_log(live):
 def test_bad_config_stops_startup_with_one_line(tmp_path):
     config = tmp_path / "bad.toml"
     config.write_text('[chatd]\ntimeout_secs = "soon"\n')
-    chatd_script = f"{sys.executable[: -len('python')]}chatd"
-    result = subprocess.run(
-        [chatd_script, "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        cwd=ROOT,
-        env=clean_env(),
-    )
+    result = chatd_cli("--config", str(config), env=clean_env())
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1

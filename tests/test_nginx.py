@@ -25,6 +25,7 @@ from tests.live import (
     free_port,
     provider_urls,
     run_chatd,
+    stop,
     write_config,
 )
 
@@ -114,12 +115,7 @@ http {{
             time.sleep(0.1)
         yield port
     finally:
-        process.send_signal(signal.SIGQUIT)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop(process, signal.SIGQUIT, 10)  # nginx's graceful shutdown
 
 
 def request(port, method, path, body=None, headers=None):

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -18,7 +16,7 @@ import requests
 
 from tests.conftest import TEST_KEYS
 from tests.live import (
-    ROOT,
+    chatd_cli,
     clean_env,
     free_port,
     provider_urls,
@@ -302,44 +300,19 @@ def test_sighup_reloads_config_and_keys(fakes, tmp_path):
 
 def test_no_tokens_refuses_a_non_loopback_bind(tmp_path):
     path = write_config(tmp_path / "chatd.toml")
-    result = subprocess.run(
-        [
-            f"{sys.executable[: -len('python')]}chatd",
-            "--config",
-            str(path),
-            "--bind",
-            f"0.0.0.0:{free_port()}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        cwd=ROOT,
-        env=clean_env(),
-    )
+    result = chatd_cli("--config", str(path), "--bind", f"0.0.0.0:{free_port()}", env=clean_env())
     assert result.returncode != 0
     assert "0.0.0.0" in result.stderr and "[auth]" in result.stderr
 
 
 def test_check_config_shows_fingerprints_never_keys(tmp_path):
     path = write_config(tmp_path / "chatd.toml")
-    result = subprocess.run(
-        [f"{sys.executable[: -len('python')]}chatd", "check-config", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        env=clean_env(**TEST_KEYS),
-    )
+    result = chatd_cli("check-config", "--config", str(path), env=clean_env(**TEST_KEYS))
     assert result.returncode == 0
     assert "key from env KIMI_API_KEY (sha256:" in result.stdout
     for key in TEST_KEYS.values():
         assert key not in result.stdout
     bad = tmp_path / "bad.toml"
     bad.write_text("[chatd]\nretries = -1\n")
-    result = subprocess.run(
-        [f"{sys.executable[: -len('python')]}chatd", "check-config", "--config", str(bad)],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        env=clean_env(),
-    )
+    result = chatd_cli("check-config", "--config", str(bad), env=clean_env())
     assert result.returncode == 1 and "retries" in result.stderr
