@@ -30,7 +30,8 @@ class ChatdError(Exception):
     def __init__(self, message: str, *, headers: dict | None = None, **details):
         super().__init__(message)
         self.message = message
-        self.headers = headers or {}
+        # A copy: callers pass shared constants (DONT_RETRY), and the dispatcher adds to it.
+        self.headers = dict(headers or {})
         # Extra, non-secret fields for the error body (provider, upstream_status, ...).
         self.details = details
 

@@ -136,3 +136,13 @@ def test_no_key_in_bodies_logs_or_reprs(app, upstream, caplog):
     text = body + caplog.text + repr(registry.adapters) + repr(app.extensions["chatd"].settings)
     for key in TEST_KEYS.values():
         assert key not in text
+
+
+def test_an_errors_headers_are_its_own_not_the_callers():
+    from chatd.adapters.base import DONT_RETRY
+    from chatd.errors import UpstreamError
+
+    before = dict(DONT_RETRY)
+    error = UpstreamError("rejected", headers=DONT_RETRY)
+    error.headers["X-Chatd-Fallbacks"] = "kimi/k2, opencode/x"  # as the dispatcher does
+    assert DONT_RETRY == before  # a later, unrelated answer must not carry it
