@@ -11,9 +11,11 @@ import time
 from flask import Blueprint, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from chatd.dialects import chat as dialect
 from chatd.dispatch import Outcome
-from chatd.streaming import chat_events, stream_response
-from chatd.validation import ChatRequest, build_chat_request, parse_json
+from chatd.neutral import ChatRequest
+from chatd.streaming import counted, stream_response
+from chatd.validation import build_chat_request, parse_json
 
 bp = Blueprint("chat", __name__)
 
@@ -50,6 +52,11 @@ def open_stream(chat_request: ChatRequest):
     return lambda adapter, route: adapter.open_stream(chat_request, route.upstream_model)
 
 
+def get_reply(chat_request: ChatRequest):
+    """An attempt that makes one whole call and reads it into a neutral Reply."""
+    return lambda adapter, route: adapter.reply(chat_request, route.upstream_model)
+
+
 @bp.post("/chat")
 def dispatch():
     """Route one chat request to its provider and answer in chatd's shape."""
@@ -59,23 +66,16 @@ def dispatch():
     if chat_request.stream:
         outcome = dispatcher.run(chat_request, open_stream(chat_request), record)
         upstream = outcome.result
-        events = chat_events(upstream, outcome.adapter, outcome.route, record)
-        response = stream_response(events, upstream)
+        rendered = dialect.render_stream(counted(upstream, record), outcome.route)
+        response = stream_response(rendered, upstream, record, dialect.render_stream_error)
         response.headers.update(fallback_headers(outcome))
         return response
     started = time.monotonic()
-    outcome = dispatcher.run(
-        chat_request,
-        lambda adapter, route: adapter.chat(chat_request, route.upstream_model),
-        record,
-    )
-    record.count_tokens(outcome.result["usage"])
-    body = {
-        "model": outcome.route.upstream_model,
-        "provider": outcome.route.provider,
-        **outcome.result,
-        "latency_ms": int((time.monotonic() - started) * 1000),
-    }
+    outcome = dispatcher.run(chat_request, get_reply(chat_request), record)
+    reply = outcome.result
+    record.count_tokens(reply.usage.as_dict())
+    body = dialect.render_reply(reply, outcome.route)
+    body["latency_ms"] = int((time.monotonic() - started) * 1000)
     return body, 200, fallback_headers(outcome)
 
 

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 from chatd.config import ConfigError, load_settings, read_tokens, resolve_key
-from chatd.providers import KNOWN_PROVIDERS
 
 
 def default_gunicorn_config() -> str | None:
@@ -36,20 +35,20 @@ def check_config(path: str | None) -> int:
     settings = load_settings(path)
     print(f"config: {settings.source}")
     print(f"bind: {settings.bind}  workers: {settings.workers}  threads: {settings.threads}")
-    for name, spec in KNOWN_PROVIDERS.items():
-        url = settings.url(name)
-        if spec.default_key_env is None:
+    for name, spec in settings.specs.items():
+        if spec.key_env is None:
             state = "registered (no key needed)"
         else:
-            key, source = resolve_key(*settings.key_location(name), os.environ)
+            key, source = resolve_key(spec.key_env, spec.key_file, os.environ)
             state = (
                 f"registered, key from {source} ({key_fingerprint(key)})"
                 if key
-                else f"not registered: no key in {settings.key_location(name)[0]}"
+                else f"not registered: no key in {spec.key_env}"
             )
         if name in settings.disabled_providers:
             state += ", disabled"
-        print(f"{name:13} {spec.wire:7} {url}  {state}")
+        wires = "+".join(spec.wires())
+        print(f"{name:13} {spec.model_prefix:14} {wires:9} {spec.url}  {state}")
     auth = settings.auth
     tokens = read_tokens(auth, os.environ)
     if tokens:

@@ -14,8 +14,10 @@ import dataclasses
 import ipaddress
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 try:
     import tomllib
@@ -24,7 +26,15 @@ except ModuleNotFoundError:  # Python < 3.11
 
 from dotenv import dotenv_values
 
-from chatd.providers import KNOWN_PROVIDERS
+from chatd.providers import (
+    AUTH_SCHEMES,
+    KNOWN_PROVIDERS,
+    ROW_FIELDS,
+    UNSUPPORTED,
+    WIRES,
+    ProviderSpec,
+    declare,
+)
 
 log = logging.getLogger("chatd.config")
 
@@ -92,25 +102,30 @@ class Settings:
     trusted_proxies: int = 0
     # On SIGTERM or SIGHUP, calls and streams in flight get this long to finish.
     graceful_timeout_secs: float = 60.0
-    # Base URLs: the public endpoints by default.
-    ollama_url: str = KNOWN_PROVIDERS["ollama"].default_url
-    ollama_cloud_url: str = KNOWN_PROVIDERS["ollama_cloud"].default_url
-    openrouter_url: str = KNOWN_PROVIDERS["openrouter"].default_url
-    opencode_url: str = KNOWN_PROVIDERS["opencode"].default_url
-    kimi_url: str = KNOWN_PROVIDERS["kimi"].default_url
-    # Keys: the env var to read, then a dotenv file consulted for the same name.
+    # The seed's flat keys for the built-in providers: base URLs (the public
+    # endpoints by default), key env vars and dotenv files. The general form is
+    # [chatd.providers.<name>] url / key_env / key_file, which wins.
+    ollama_url: str = KNOWN_PROVIDERS["ollama"].url
+    ollama_cloud_url: str = KNOWN_PROVIDERS["ollama_cloud"].url
+    openrouter_url: str = KNOWN_PROVIDERS["openrouter"].url
+    opencode_url: str = KNOWN_PROVIDERS["opencode"].url
+    opencode_go_url: str = KNOWN_PROVIDERS["opencode_go"].url
+    kimi_url: str = KNOWN_PROVIDERS["kimi"].url
     ollama_cloud_key_env: str = "OLLAMA_API_KEY"
     ollama_cloud_key_file: str = ""
     openrouter_key_env: str = "OPENROUTER_API_KEY"
     openrouter_key_file: str = ""
     opencode_key_env: str = "OPENCODE_API_KEY"
     opencode_key_file: str = ""
+    opencode_go_key_env: str = "OPENCODE_API_KEY"
+    opencode_go_key_file: str = ""
     kimi_key_env: str = "KIMI_API_KEY"
     kimi_key_file: str = ""
     # Registered providers that answer 503 until removed from this list.
     disabled_providers: tuple[str, ...] = ()
-    # [chatd.providers.<name>]: per-provider values of the POLICY_FIELDS.
-    providers: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    # [chatd.providers.<name>]: a built-in row's fields changed, or a new provider
+    # declared (ROW_FIELDS), and per-provider values of the POLICY_FIELDS.
+    providers: Mapping[str, Mapping] = field(default_factory=dict)
     # [chatd.aliases]: a model name standing for a list tried in order.
     aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # [auth]: inbound bearer tokens.
@@ -119,12 +134,32 @@ class Settings:
     source: str = "<defaults>"
     explicit: frozenset[str] = frozenset()
 
+    @cached_property
+    def specs(self) -> dict[str, ProviderSpec]:
+        """Every provider row: the built-in ones with the flat keys and
+        [chatd.providers] applied, then the ones declared in the config."""
+        specs = {}
+        for name, builtin in KNOWN_PROVIDERS.items():
+            flat = {}
+            for key in ("url", "key_env", "key_file"):
+                value = getattr(self, f"{name}_{key}", None)
+                if value is not None:
+                    flat[key] = value
+            specs[name] = declare(name, {**flat, **self.providers.get(name, {})})
+            if specs[name] == builtin:
+                specs[name] = builtin
+        for name, values in self.providers.items():
+            if name not in specs:
+                specs[name] = declare(name, values)
+        return specs
+
     def url(self, provider: str) -> str:
-        return getattr(self, f"{provider}_url")
+        return self.specs[provider].url
 
     def key_location(self, provider: str) -> tuple[str, str]:
         """Return (env var, dotenv file) for ``provider``'s key."""
-        return getattr(self, f"{provider}_key_env"), getattr(self, f"{provider}_key_file")
+        spec = self.specs[provider]
+        return spec.key_env or "", spec.key_file
 
     def policy(self, provider: str, name: str) -> float:
         """Return ``name`` for ``provider``: its [chatd.providers] value, else an
@@ -133,7 +168,7 @@ class Settings:
         if name in override:
             return override[name]
         if name not in self.explicit:
-            default = KNOWN_PROVIDERS[provider].defaults.get(name)
+            default = self.specs[provider].defaults.get(name)
             if default is not None:
                 return default
         return getattr(self, name)
@@ -221,20 +256,64 @@ def _check_policy(values: Mapping, where: str) -> None:
         raise ConfigError(f"{where}: cooldown_failures must be at least 1")
 
 
+# A provider name: it also makes the default prefix "<name>/" and metric labels.
+PROVIDER_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+
+
+def _check_row(name: str, value, place: str):
+    """Check one row field of [chatd.providers.<name>]."""
+    if name in ("headers", "wire_rules"):
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise ConfigError(f"{place}: {name} must be a table of strings")
+        if name == "wire_rules":
+            for wire in value.values():
+                if wire not in WIRES and not wire.startswith(UNSUPPORTED):
+                    raise ConfigError(f"{place}: wire_rules: unknown wire format {wire!r}")
+        if name == "headers" and any(k.lower() in ("authorization", "x-api-key") for k in value):
+            raise ConfigError(f"{place}: headers must not carry a key; use key_env and auth")
+        return dict(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{place}: {name} must be a string")
+    if name == "url" and not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{place}: url must be an http:// or https:// URL")
+    if name == "wire" and value not in WIRES:
+        raise ConfigError(f"{place}: wire must be one of {', '.join(WIRES)}")
+    if name == "auth" and value not in AUTH_SCHEMES:
+        raise ConfigError(f"{place}: auth must be one of {', '.join(AUTH_SCHEMES)}")
+    if name == "prefix" and not value:
+        raise ConfigError(f"{place}: prefix must not be empty")
+    return value
+
+
 def _parse_providers(table, where: str) -> dict[str, dict]:
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: [chatd.providers] must be a table of tables")
     providers = {}
     for provider, values in table.items():
         place = f"{where}: [chatd.providers.{provider}]"
-        if provider not in KNOWN_PROVIDERS:
-            raise ConfigError(f"{place}: unknown provider (known: {', '.join(KNOWN_PROVIDERS)})")
         if not isinstance(values, dict):
             raise ConfigError(f"{place} must be a table")
-        for name in values:
-            if name not in POLICY_FIELDS:
+        if provider not in KNOWN_PROVIDERS:
+            if not PROVIDER_NAME.fullmatch(provider):
+                raise ConfigError(
+                    f"{place}: a provider name is lower-case letters, digits, - and _"
+                )
+            missing = [name for name in ("url", "wire") if name not in values]
+            if missing:
+                raise ConfigError(
+                    f"{place}: a new provider needs {' and '.join(missing)} "
+                    f"(built-in: {', '.join(KNOWN_PROVIDERS)})"
+                )
+        checked = {}
+        for name, value in values.items():
+            if name in ROW_FIELDS:
+                checked[name] = _check_row(name, value, place)
+            elif name in POLICY_FIELDS:
+                checked[name] = _check_type(name, value, place)
+            else:
                 raise ConfigError(f"{place} has unknown field {name!r}")
-        checked = {name: _check_type(name, value, place) for name, value in values.items()}
         _check_policy(checked, place)
         providers[provider] = checked
     return providers
@@ -326,15 +405,22 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"{where}: trusted_proxies must not be negative")
     if settings.log_level.lower() not in LOG_LEVELS:
         raise ConfigError(f"{where}: log_level must be one of {', '.join(LOG_LEVELS)}")
+    specs = settings.specs
     for provider in KNOWN_PROVIDERS:
-        url = settings.url(provider)
-        if not url.startswith(("http://", "https://")):
+        if not settings.url(provider).startswith(("http://", "https://")):
             raise ConfigError(f"{where}: {provider}_url must be an http:// or https:// URL")
+    prefixes: dict[str, str] = {}
+    for spec in specs.values():
+        other = prefixes.setdefault(spec.model_prefix, spec.name)
+        if other != spec.name:
+            raise ConfigError(
+                f"{where}: providers {other} and {spec.name} share the prefix {spec.model_prefix!r}"
+            )
     for provider in settings.disabled_providers:
-        if provider not in KNOWN_PROVIDERS:
+        if provider not in specs:
             raise ConfigError(
                 f"{where}: disabled_providers names unknown provider {provider!r} "
-                f"(known: {', '.join(KNOWN_PROVIDERS)})"
+                f"(known: {', '.join(specs)})"
             )
     if ":" not in settings.bind and not settings.bind.startswith("unix:"):
         raise ConfigError(f"{where}: bind must be HOST:PORT or unix:PATH")

@@ -33,11 +33,11 @@ from chatd.errors import (
     UpstreamError,
 )
 from chatd.metrics import Metrics
+from chatd.neutral import ChatRequest
 from chatd.observability import CallRecord
 from chatd.registry import Registry
 from chatd.resilience import Bulkhead, CircuitBreaker, retry_delay
-from chatd.routing import Route, resolve_model
-from chatd.validation import ChatRequest
+from chatd.routing import Route
 
 log = logging.getLogger("chatd.dispatch")
 
@@ -114,11 +114,11 @@ class Dispatcher:
         names = self.candidates(request)
         tried = record.tried
         for name in names:
-            route = resolve_model(name)
+            route = self.registry.router.resolve(name)
             tried.append(name)
             record.provider = route.provider
             try:
-                adapter = self.registry.get(route.provider)
+                adapter = self.registry.get(route.provider, route.upstream_model)
                 result = self._attempts(adapter, route, attempt, record)
                 return Outcome(result, adapter, route, tried)
             except MOVE_ON as e:

@@ -17,9 +17,15 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from chatd import codec
-from chatd.metrics import Metrics
+
+if TYPE_CHECKING:
+    # Not at run time: gunicorn.conf.py imports chatd.config (and so this module)
+    # in the master, and prometheus_client must not be imported there before
+    # PROMETHEUS_MULTIPROC_DIR is set, or every worker keeps its metrics to itself.
+    from chatd.metrics import Metrics
 
 access_log = logging.getLogger("chatd.access")
 

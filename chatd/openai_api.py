@@ -13,8 +13,8 @@ from __future__ import annotations
 from flask import Blueprint, current_app, request
 
 from chatd import chat
-from chatd.adapters.base import ChunkContext
-from chatd.streaming import openai_events, stream_response
+from chatd.dialects import openai as dialect
+from chatd.streaming import counted, stream_response
 from chatd.validation import build_openai_request, parse_json
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
@@ -28,18 +28,18 @@ def chat_completions():
     chat_request, include_usage = build_openai_request(parse_json(chat.read_body()))
     if chat_request.stream:
         outcome = dispatcher.run(chat_request, chat.open_stream(chat_request), record)
-        upstream, adapter = outcome.result, outcome.adapter
-        context = ChunkContext(model=outcome.model, include_usage=include_usage)
-        response = stream_response(openai_events(upstream, adapter, context, record), upstream)
+        upstream = outcome.result
+        passthrough = outcome.adapter.wire == "openai"
+        rendered = dialect.render_stream(
+            counted(upstream, record), outcome.model, include_usage, passthrough
+        )
+        response = stream_response(rendered, upstream, record, dialect.render_stream_error)
         response.headers.update(chat.fallback_headers(outcome))
         return response
-    outcome = dispatcher.run(
-        chat_request,
-        lambda adapter, route: adapter.complete(chat_request, route.upstream_model),
-        record,
-    )
-    body = outcome.adapter.translate(outcome.adapter.openai_response, outcome.result, outcome.model)
-    record.count_tokens(body.get("usage"))
+    outcome = dispatcher.run(chat_request, chat.get_reply(chat_request), record)
+    reply = outcome.result
+    record.count_tokens(reply.usage.as_dict())
+    body = dialect.render_reply(reply, outcome.model, outcome.adapter.wire == "openai")
     return body, 200, chat.fallback_headers(outcome)
 
 

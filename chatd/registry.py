@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 from chatd.adapters import ADAPTERS, ChatAdapter
 from chatd.config import Settings, resolve_key
-from chatd.errors import ProviderDisabled, ProviderNotFound, UpstreamError
-from chatd.providers import KNOWN_PROVIDERS
+from chatd.errors import BadRequest, ProviderDisabled, ProviderNotFound, UpstreamError
+from chatd.providers import ProviderSpec
 from chatd.resilience import Policy
+from chatd.routing import Router
 from chatd.sessions import make_session
 
 log = logging.getLogger("chatd.registry")
@@ -43,6 +44,16 @@ class Unregistered:
         return where
 
 
+def key_headers(spec: ProviderSpec, key: str) -> dict[str, str]:
+    """The headers that carry ``key`` the way ``spec`` says the vendor takes it."""
+    headers = {}
+    if spec.auth in ("bearer", "both"):
+        headers["Authorization"] = f"Bearer {key}"
+    if spec.auth in ("x-api-key", "both"):
+        headers["x-api-key"] = key
+    return headers
+
+
 class Registry:
     """Registered providers by name, with cached availability probes."""
 
@@ -50,12 +61,18 @@ class Registry:
         self,
         adapters: Mapping[str, ChatAdapter],
         *,
+        specs: Mapping[str, ProviderSpec] | None = None,
+        by_wire: Mapping[str, Mapping[str, ChatAdapter]] | None = None,
         disabled: frozenset[str] = frozenset(),
         unregistered: Mapping[str, Unregistered] | None = None,
         key_sources: Mapping[str, str] | None = None,
         probe_ttl: float = 5.0,
     ):
         self._adapters = dict(adapters)
+        self.specs = dict(specs or {})
+        # Every adapter of a provider, by wire format (OpenCode needs several).
+        self._by_wire = {name: dict(wires) for name, wires in (by_wire or {}).items()}
+        self.router = Router(self.specs.values())
         self.disabled = disabled
         self.unregistered = dict(unregistered or {})
         self.key_sources = dict(key_sources or {})
@@ -70,11 +87,13 @@ class Registry:
     def adapters(self) -> Mapping[str, ChatAdapter]:
         return self._adapters
 
-    def get(self, name: str) -> ChatAdapter:
-        """Return the adapter for ``name``.
+    def get(self, name: str, model: str | None = None) -> ChatAdapter:
+        """Return the adapter for ``name`` (for its ``model``, when its wire format
+        depends on the model).
 
         :raises ProviderNotFound: the provider has no key, so it is not registered.
         :raises ProviderDisabled: the provider is listed in ``disabled_providers``.
+        :raises BadRequest: the model's family uses a format chatd does not speak.
         """
         adapter = self._adapters.get(name)
         if adapter is None:
@@ -85,6 +104,12 @@ class Registry:
             raise ProviderDisabled(
                 f"provider {name!r} is disabled by disabled_providers", provider=name
             )
+        wires = self._by_wire.get(name)
+        if model is not None and wires is not None and len(self.specs[name].wire_rules):
+            wire = self.specs[name].wire_for(model)
+            if wire not in wires:
+                raise BadRequest(f"model: {model!r} needs the {wire} wire format, not built in")
+            return wires[wire]
         return adapter
 
     def available(self, name: str) -> bool:
@@ -131,33 +156,43 @@ class Registry:
 
 
 def build_registry(settings: Settings, environ: Mapping[str, str] | None = None) -> Registry:
-    """Resolve every known provider's key and build an adapter for each that has one."""
+    """Resolve every provider's key and build its adapters (one per wire format it
+    needs, sharing one session) for each that has one."""
     environ = os.environ if environ is None else environ
     adapters: dict[str, ChatAdapter] = {}
+    by_wire: dict[str, dict[str, ChatAdapter]] = {}
     unregistered: dict[str, Unregistered] = {}
     key_sources: dict[str, str] = {}
-    for name, spec in KNOWN_PROVIDERS.items():
-        headers = {}
-        if spec.default_key_env is not None:
-            key_env, key_file = settings.key_location(name)
-            key, source = resolve_key(key_env, key_file, environ)
+    for name, spec in settings.specs.items():
+        headers = dict(spec.headers)
+        if spec.key_env is not None:
+            key, source = resolve_key(spec.key_env, spec.key_file, environ)
             if not key:
-                unregistered[name] = Unregistered(key_env, key_file)
-                log.info("provider %s not registered: no key in %s", name, key_env)
+                unregistered[name] = Unregistered(spec.key_env, spec.key_file)
+                log.info("provider %s not registered: no key in %s", name, spec.key_env)
                 continue
-            headers["Authorization"] = f"Bearer {key}"
+            headers.update(key_headers(spec, key))
             key_sources[name] = source
-        adapters[name] = ADAPTERS[spec.wire](
-            name,
-            settings.url(name),
-            make_session(headers, pool_size=settings.threads),
-            policy=Policy.for_provider(settings, name),
-            max_response_bytes=settings.max_response_bytes,
-            probe_path=spec.probe_path,
-            probe_timeout=settings.probe_timeout_secs,
-        )
+        session = make_session(headers, pool_size=settings.threads)
+        policy = Policy.for_provider(settings, name)
+        by_wire[name] = {
+            wire: ADAPTERS[wire](
+                name,
+                spec.url,
+                session,
+                policy=policy,
+                max_response_bytes=settings.max_response_bytes,
+                probe_path=spec.probe_path,
+                probe_timeout=settings.probe_timeout_secs,
+            )
+            for wire in spec.wires()
+            if wire in ADAPTERS
+        }
+        adapters[name] = by_wire[name][spec.wire]
     return Registry(
         adapters,
+        specs=settings.specs,
+        by_wire=by_wire,
         disabled=frozenset(settings.disabled_providers),
         unregistered=unregistered,
         key_sources=key_sources,

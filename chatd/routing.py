@@ -1,14 +1,18 @@
 """chatd.routing ~~~ Model name in, provider and upstream model id out.
 
-A pure function over a small table, so it is tested as a table. A known prefix
-wins over the ``:cloud`` suffix; anything else goes to the local Ollama.
+A :class:`Router` is built once from the provider rows: a known prefix wins
+(the longest, when one is a prefix of another), then a routing suffix
+(``:cloud``), and anything else goes to the local Ollama, as the seed does.
+Tested as a table.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from chatd.errors import BadRequest
+from chatd.providers import DEFAULT_PROVIDER, KNOWN_PROVIDERS, ProviderSpec, strip_cloud_suffix
 
 
 class Route(NamedTuple):
@@ -16,53 +20,49 @@ class Route(NamedTuple):
     upstream_model: str
 
 
-# Longest-first does not matter here (no prefix is a prefix of another), but
-# keep `ollama/` last so it reads as the fallback it is.
-PREFIXES = (
-    ("ollama_cloud/", "ollama_cloud"),
-    ("openrouter/", "openrouter"),
-    ("opencode/", "opencode"),
-    ("kimi/", "kimi"),
-    ("ollama/", "ollama"),
-)
+class Router:
+    """Resolves model names for a set of provider rows."""
+
+    def __init__(self, specs: Iterable[ProviderSpec]):
+        specs = list(specs)
+        self.prefixes = sorted(
+            ((spec.model_prefix, spec) for spec in specs), key=lambda p: -len(p[0])
+        )
+        self.suffixes = [(spec.suffix, spec) for spec in specs if spec.suffix]
+        self.default = next((s for s in specs if s.name == DEFAULT_PROVIDER), None)
+
+    def known_prefixes(self) -> list[str]:
+        return sorted(prefix for prefix, _ in self.prefixes)
+
+    def resolve(self, name: str) -> Route:
+        """Return the provider for model ``name`` and the model id to send it.
+
+        :raises BadRequest: the name has a prefix but no model after it, or
+            breaks its provider's naming rule.
+        """
+        for prefix, spec in self.prefixes:
+            if name.startswith(prefix):
+                return self._route(spec, name[len(prefix) :], name, prefix)
+        for suffix, spec in self.suffixes:
+            if name.endswith(suffix):
+                return self._route(spec, name[: -len(suffix)], name, suffix)
+        return Route(self.default.name if self.default else DEFAULT_PROVIDER, name)
+
+    @staticmethod
+    def _route(spec: ProviderSpec, model: str, name: str, affix: str) -> Route:
+        if spec.model_rule is not None:
+            model = spec.model_rule(model)
+        if not model:
+            raise BadRequest(f"model: {name!r} names no model beside {affix!r}")
+        return Route(spec.name, model)
 
 
-def strip_cloud_suffix(model: str) -> str:
-    """Remove a ``:cloud`` tag or a ``-cloud`` tag suffix, as Ollama's own name parser does.
-
-    ``glm-4.6:cloud`` -> ``glm-4.6``; ``gpt-oss:120b-cloud`` -> ``gpt-oss:120b``.
-    ollama.com's API knows its models only by the bare name.
-    """
-    base, colon, tag = model.rpartition(":")
-    if not colon:
-        return model
-    if tag == "cloud":
-        return base
-    if tag.endswith("-cloud") and "/" not in tag:
-        return f"{base}:{tag[: -len('-cloud')]}"
-    return model
+_BUILTIN = Router(KNOWN_PROVIDERS.values())
 
 
 def resolve_model(name: str) -> Route:
-    """Return the provider for model ``name`` and the model id to send it.
+    """Resolve ``name`` with the built-in provider rows (see :class:`Router`)."""
+    return _BUILTIN.resolve(name)
 
-    :raises BadRequest: the name has a prefix but no model after it.
-    """
-    for prefix, provider in PREFIXES:
-        if name.startswith(prefix):
-            model = name[len(prefix) :]
-            if provider == "ollama_cloud":
-                model = strip_cloud_suffix(model)
-            if not model:
-                raise BadRequest(f"model: {name!r} names no model after the {prefix!r} prefix")
-            if provider == "openrouter" and "/" not in model.strip("/"):
-                raise BadRequest(
-                    f"model: OpenRouter models are named openrouter/<vendor>/<model>, got {name!r}"
-                )
-            return Route(provider, model)
-    if name.endswith(":cloud"):
-        model = name[: -len(":cloud")]
-        if not model:
-            raise BadRequest("model: ':cloud' names no model")
-        return Route("ollama_cloud", model)
-    return Route("ollama", name)
+
+__all__ = ["Route", "Router", "resolve_model", "strip_cloud_suffix"]

@@ -9,37 +9,14 @@ provider-native knob in the wrong place (``top_k``, which belongs in
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from chatd import codec
 from chatd.errors import BadRequest
+from chatd.neutral import ChatRequest
 
 ROLES = ("system", "user", "assistant", "tool")
 MAX_FALLBACKS = 8
 # OpenAI's newer name for a system turn; accepted on /v1 (sent to Ollama as system).
 OPENAI_ROLES = (*ROLES, "developer")
-
-
-@dataclass(slots=True)
-class ChatRequest:
-    model: str
-    messages: list
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: int | None = None
-    stop: list[str] | None = None
-    seed: int | None = None
-    #: "json" for JSON mode, or a JSON-schema object for structured output.
-    format: str | dict | None = None
-    #: Provider-native extras, merged last into what is sent upstream.
-    options: dict = field(default_factory=dict)
-    tools: list | None = None
-    tool_choice: str | dict | None = None
-    stream: bool = False
-    #: Model names tried in order when the model's provider cannot serve.
-    fallbacks: list[str] | None = None
-    #: Set by chatd, not the client: forwarded upstream as X-Request-ID.
-    request_id: str = ""
 
 
 def _is_number(value) -> bool:
@@ -170,7 +147,8 @@ def build_chat_request(body, roles: tuple[str, ...] = ROLES) -> ChatRequest:
     )
 
 
-_ALLOWED = frozenset(ChatRequest.__slots__) - {"request_id"}
+# The fields a client may send: the neutral request's own, less what chatd sets.
+_ALLOWED = frozenset(ChatRequest.__slots__) - {"request_id", "dialect", "native"}
 
 
 def _format_from(response_format) -> str | dict | None:

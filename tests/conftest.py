@@ -29,6 +29,7 @@ TEST_URLS = {
     "ollama_cloud_url": "http://ollama-cloud.test",
     "openrouter_url": "http://openrouter.test/api/v1",
     "opencode_url": "http://opencode.test/zen/v1",
+    "opencode_go_url": "http://opencode.test/zen/go/v1",
     "kimi_url": "http://kimi.test/coding/v1",
 }
 

@@ -159,5 +159,6 @@ def provider_urls(fakes: dict) -> dict[str, str]:
         "ollama_cloud_url": fakes["ollama_cloud"].url,
         "openrouter_url": fakes["openrouter"].url + "/api/v1",
         "opencode_url": fakes["opencode"].url + "/zen/v1",
+        "opencode_go_url": fakes["opencode"].url + "/zen/go/v1",
         "kimi_url": fakes["kimi"].url + "/coding/v1",
     }

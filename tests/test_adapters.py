@@ -153,16 +153,21 @@ def test_openai_answer_is_normalized(client, upstream):
 
 
 @pytest.mark.parametrize("provider, model", [("ollama", "llama3.2"), ("kimi", "kimi/k")])
-def test_tool_calls_are_kept(client, upstream, provider, model):
+def test_tool_calls_come_in_one_shape_whatever_the_upstream(client, upstream, provider, model):
+    """/chat gives OpenAI-style tool calls (arguments as JSON text) from every wire format."""
     if provider == "ollama":
-        calls = [{"function": {"name": "weather", "arguments": {"city": "Tokyo"}}}]
+        calls = [{"id": "c1", "function": {"name": "weather", "arguments": {"city": "Tokyo"}}}]
         answer = {
             **OLLAMA_ANSWER,
             "message": {"role": "assistant", "content": "", "tool_calls": calls},
         }
     else:
         calls = [
-            {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+            {
+                "id": "c1",
+                "type": "function",
+                "function": {"name": "weather", "arguments": '{"city":"Tokyo"}'},
+            }
         ]
         message = {"role": "assistant", "content": None, "tool_calls": calls}
         answer = {
@@ -171,8 +176,12 @@ def test_tool_calls_are_kept(client, upstream, provider, model):
         }
     upstream.post(URLS[provider], json=answer)
     body = chat(client, model=model).json
-    assert body["message"]["tool_calls"] == calls
+    [call] = body["message"]["tool_calls"]
+    assert call["id"] == "c1" and call["type"] == "function"
+    assert call["function"]["name"] == "weather"
+    assert json.loads(call["function"]["arguments"]) == {"city": "Tokyo"}
     assert body["message"]["content"] == ""
+    assert body["done_reason"] == "tool_calls"
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,7 @@ def test_providers_lists_every_registered_provider(client, upstream):
         "ollama_cloud": True,
         "openrouter": True,
         "opencode": True,
+        "opencode_go": True,
         "kimi": True,
     }
     assert body["unregistered"] == {}

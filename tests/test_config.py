@@ -178,3 +178,17 @@ def test_a_directory_as_key_file_is_no_key(tmp_path, caplog):
 def test_settings_never_hold_a_key():
     names = {name.lower() for name in Settings.__dataclass_fields__}
     assert not any(name.endswith("_key") or name == "key" for name in names)
+
+
+def test_loading_config_does_not_import_prometheus_client():
+    """gunicorn.conf.py loads the config in the master before it sets
+    PROMETHEUS_MULTIPROC_DIR; prometheus_client picks its value class at import,
+    so importing it there first would leave every worker's metrics unshared."""
+    import subprocess
+    import sys
+
+    code = "import sys, chatd.config, chatd.routing; print('prometheus_client' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30
+    )
+    assert result.stdout.strip() == "False", result.stderr

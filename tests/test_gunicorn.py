@@ -113,6 +113,7 @@ def test_providers_and_health(live):
         "ollama_cloud": True,
         "openrouter": True,
         "opencode": True,
+        "opencode_go": True,
         "kimi": True,
     }
     assert requests.get(live.url + "/health", timeout=5).json() == {"status": "ok"}

@@ -3,8 +3,9 @@
 :meth:`ChatAdapter._send` and the readers below are the one boundary where
 ``requests`` and urllib3 exceptions become chatd's own (:mod:`chatd.errors`);
 nothing above an adapter sees a transport exception. Subclasses say how their
-format's bodies, answers and stream events look, and how each maps to chatd's
-``/chat`` shape and to OpenAI's.
+format's request bodies look and how its answers and stream events read into
+the neutral :class:`~chatd.neutral.Reply` and :class:`~chatd.neutral.Event`;
+what a client is answered in is a dialect's job (:mod:`chatd.dialects`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
@@ -22,9 +22,9 @@ import urllib3
 from chatd import codec
 from chatd.adapters.framing import BadEvent, StreamCut
 from chatd.errors import UpstreamError, UpstreamRateLimited, UpstreamTimeout, trim
+from chatd.neutral import ChatRequest, Event, Reply
 from chatd.resilience import Policy
 from chatd.sessions import head_deadline
-from chatd.validation import ChatRequest
 
 # Error bodies are read no further than this: only the first KiB is passed on.
 MAX_ERROR_BODY = 64 * 1024
@@ -87,12 +87,9 @@ def copy_fields(request: ChatRequest, names: dict[str, str], into: dict) -> None
             into[name] = value
 
 
-def usage(prompt: int, completion: int, total: int | None = None) -> dict:
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": total or prompt + completion,
-    }
+def count(value) -> int:
+    """A token count from an upstream: an int, or 0 for anything else (absent, null)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _socket_of(response: requests.Response):
@@ -101,34 +98,21 @@ def _socket_of(response: requests.Response):
     return getattr(connection, "sock", None)
 
 
-@dataclass
-class ChunkContext:
-    """What translating one stream into OpenAI chunks must remember between events."""
-
-    model: str
-    include_usage: bool
-    id: str = ""
-    created: int = 0
-    tool_calls: int = 0
-
-
 class UpstreamStream:
-    """An open upstream stream of raw events, the first already read.
+    """An open upstream stream, read as neutral events; its first event already read.
 
     Iterate it once; :meth:`close` hangs up on the upstream at once (a client
     that went away must not keep a model generating for nobody).
     """
 
-    def __init__(self, response: requests.Response, first: dict, rest: Iterator[dict]):
+    def __init__(self, response: requests.Response, events: Iterator[Event]):
         self._response = response
-        self.first = first
-        self._rest = rest
+        self._events = events
         self._on_close: list[Callable[[], None]] = []
         self._closed = False
 
-    def __iter__(self) -> Iterator[dict]:
-        yield self.first
-        yield from self._rest
+    def __iter__(self) -> Iterator[Event]:
+        return self._events
 
     def on_close(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once, when the stream closes (a slot it holds, say)."""
@@ -151,6 +135,8 @@ class ChatAdapter:
     wire = ""
     chat_path = ""
     models_path = ""
+    #: Headers the format needs on every call (Anthropic's version header, say).
+    extra_headers: dict[str, str] = {}
     #: Splits the upstream's stream lines into events (SSE or NDJSON).
     iter_events: Callable[[Iterable[bytes]], Iterator[dict]]
 
@@ -176,7 +162,9 @@ class ChatAdapter:
         # cookies and hooks again on every call, about 180 µs of CPU that
         # chatd never needs (measured in issue 4; see README "Performance").
         self._chat_headers = dict(
-            session.prepare_request(requests.Request("POST", self.chat_url)).headers
+            session.prepare_request(
+                requests.Request("POST", self.chat_url, headers=self.extra_headers)
+            ).headers
         )
         self._transport = session.get_adapter(self.chat_url)
         self.policy = policy
@@ -192,21 +180,14 @@ class ChatAdapter:
     def build_body(self, request: ChatRequest, upstream_model: str) -> dict:
         raise NotImplementedError
 
-    def parse_response(self, data: dict) -> dict:
-        """Return ``{"message", "done_reason", "usage"}`` from a whole answer."""
+    def parse_reply(self, data: dict) -> Reply:
+        """Return a whole answer as a neutral Reply."""
         raise NotImplementedError
 
-    def parse_event(self, event: dict) -> dict:
-        """Return the parts of a stream event for /chat: content, thinking,
-        tool_calls, done_reason, usage (only those present)."""
-        raise NotImplementedError
-
-    def openai_response(self, data: dict, model: str) -> dict:
-        """Return a whole answer as an OpenAI ``chat.completion`` named ``model``."""
-        raise NotImplementedError
-
-    def openai_chunks(self, event: dict, context: ChunkContext) -> list[dict]:
-        """Return a stream event as OpenAI ``chat.completion.chunk`` objects."""
+    def stream_reader(self) -> Callable[[dict], Event | None]:
+        """Return a translator of one stream's events into neutral Events (None
+        for an event that adds nothing); a new one per stream, as some formats
+        must remember things between events."""
         raise NotImplementedError
 
     def parse_models(self, data: dict) -> list[str]:
@@ -226,9 +207,12 @@ class ChatAdapter:
             )
         return data
 
-    def chat(self, request: ChatRequest, upstream_model: str) -> dict:
-        """Send one non-streaming call; return it in chatd's shape."""
-        return self.translate(self.parse_response, self.complete(request, upstream_model))
+    def reply(self, request: ChatRequest, upstream_model: str) -> Reply:
+        """Send one non-streaming call; return its answer as a neutral Reply."""
+        data = self.complete(request, upstream_model)
+        reply = self.translate(self.parse_reply, data)
+        reply.raw = data
+        return reply
 
     def translate(self, function, *args):
         """Apply a format translation, turning a surprise in the upstream's JSON into a 502."""
@@ -259,7 +243,19 @@ class ChatAdapter:
         except BaseException:
             response.close()
             raise
-        return UpstreamStream(response, first, events)
+        return UpstreamStream(response, self._neutral(first, events))
+
+    def _neutral(self, first: dict, rest: Iterator[dict]) -> Iterator[Event]:
+        """The stream's events read into neutral ones, those that add nothing left out."""
+        read = self.stream_reader()
+        translate = self.translate
+        event = translate(read, first)
+        if event is not None:
+            yield event
+        for raw in rest:
+            event = translate(read, raw)
+            if event is not None:
+                yield event
 
     def list_models(self, timeout: float) -> list[str]:
         """Return the upstream's model ids; raises UpstreamError on any failure."""

@@ -3,21 +3,29 @@
 Ollama takes sampling parameters inside ``options`` (``max_tokens`` is
 ``num_predict``, ``stop`` is always a list) and a few knobs at the top level;
 it streams NDJSON and reports tokens as ``prompt_eval_count``/``eval_count``.
-Translating to OpenAI's shapes follows Ollama's own compatibility layer
-(``openai/openai.go``): tool-call arguments become JSON strings, a stop with
-tool calls becomes ``finish_reason: "tool_calls"``.
+Reading answers into the neutral shapes follows Ollama's own OpenAI
+compatibility layer (``openai/openai.go``): tool-call arguments become JSON
+text, a stop with tool calls becomes the finish reason ``tool_calls``.
 """
 
 from __future__ import annotations
 
-import time
 import uuid
 
 from chatd import codec
-from chatd.adapters.base import ChatAdapter, ChunkContext, copy_fields, usage
+from chatd.adapters.base import ChatAdapter, copy_fields, count
 from chatd.adapters.framing import iter_ndjson
 from chatd.errors import BadRequest
-from chatd.validation import ChatRequest
+from chatd.neutral import (
+    STOP,
+    TOOL_CALLS,
+    ChatRequest,
+    Event,
+    Reply,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
 
 # chatd's sampling fields and their names inside Ollama's `options`.
 OPTION_NAMES = {
@@ -95,23 +103,28 @@ def _arguments(call: dict):
         raise BadRequest("messages: tool call arguments must be a JSON object") from None
 
 
-def _openai_tool_calls(calls: list, first_index: int = 0) -> list[dict]:
-    return [
-        {
-            "index": first_index + i,
-            "id": call.get("id") or f"call_{uuid.uuid4().hex[:12]}",
-            "type": "function",
-            "function": {
-                "name": call["function"]["name"],
-                "arguments": codec.dumps(call["function"].get("arguments") or {}).decode(),
-            },
-        }
-        for i, call in enumerate(calls)
-    ]
+def _tool_call(call: dict) -> ToolCall:
+    function = call["function"]
+    arguments = function.get("arguments")
+    return ToolCall(
+        # Newer Ollama sends an id; older ones none, and OpenAI clients need one.
+        id=call.get("id") or f"call_{uuid.uuid4().hex[:12]}",
+        name=function["name"],
+        arguments=arguments
+        if isinstance(arguments, str)
+        else codec.dumps(arguments or {}).decode(),
+    )
 
 
-def _usage(data: dict) -> dict:
-    return usage(data.get("prompt_eval_count") or 0, data.get("eval_count") or 0)
+def _usage(data: dict) -> Usage:
+    return Usage(count(data.get("prompt_eval_count")), count(data.get("eval_count")))
+
+
+def _finish(done_reason, tool_calls: bool) -> str:
+    # As Ollama's own OpenAI layer does: a stop after tool calls is "tool_calls".
+    if tool_calls:
+        return TOOL_CALLS
+    return done_reason or STOP
 
 
 class OllamaChatAdapter(ChatAdapter):
@@ -121,6 +134,9 @@ class OllamaChatAdapter(ChatAdapter):
     iter_events = staticmethod(iter_ndjson)
 
     def build_body(self, request: ChatRequest, upstream_model: str) -> dict:
+        if request.dialect == "ollama" and request.native and "messages" in request.native:
+            # An Ollama client: its own body is already this format.
+            return {**request.native, "model": upstream_model, "stream": request.stream}
         body = {
             "model": upstream_model,
             "messages": [_ollama_message(m) for m in request.messages],
@@ -146,90 +162,43 @@ class OllamaChatAdapter(ChatAdapter):
             body["options"] = options
         return body
 
-    # -- chatd's /chat shape ---------------------------------------------------
-
-    def parse_response(self, data: dict) -> dict:
+    def parse_reply(self, data: dict) -> Reply:
         upstream = data["message"]
-        message = {"role": "assistant", "content": upstream.get("content") or ""}
-        if upstream.get("tool_calls"):
-            message["tool_calls"] = upstream["tool_calls"]
-        if upstream.get("thinking"):
-            message["thinking"] = upstream["thinking"]
-        return {"message": message, "done_reason": data.get("done_reason"), "usage": _usage(data)}
+        calls = [_tool_call(call) for call in upstream.get("tool_calls") or ()]
+        return Reply(
+            content=upstream.get("content") or "",
+            thinking=upstream.get("thinking") or "",
+            tool_calls=calls,
+            finish_reason=_finish(data.get("done_reason"), bool(calls)),
+            usage=_usage(data),
+        )
 
-    def parse_event(self, event: dict) -> dict:
-        upstream = event.get("message") or {}
-        parts = {}
-        if upstream.get("content"):
-            parts["content"] = upstream["content"]
-        if upstream.get("thinking"):
-            parts["thinking"] = upstream["thinking"]
-        if upstream.get("tool_calls"):
-            parts["tool_calls"] = upstream["tool_calls"]
-        if event.get("done"):
-            parts["done_reason"] = event.get("done_reason")
-            parts["usage"] = _usage(event)
-        return parts
+    def stream_reader(self):
+        calls = 0
 
-    # -- OpenAI's shapes -------------------------------------------------------
+        def read(event: dict) -> Event | None:
+            nonlocal calls
+            upstream = event.get("message") or {}
+            out = Event(
+                content=upstream.get("content") or "",
+                thinking=upstream.get("thinking") or "",
+                raw=event,
+            )
+            if upstream.get("tool_calls"):
+                # Ollama sends each call whole: one piece carries all of it.
+                out.tool_calls = []
+                for call in upstream["tool_calls"]:
+                    whole = _tool_call(call)
+                    out.tool_calls.append(
+                        ToolCallDelta(calls, whole.id, whole.name, whole.arguments)
+                    )
+                    calls += 1
+            if event.get("done"):
+                out.finish_reason = _finish(event.get("done_reason"), bool(calls))
+                out.usage = _usage(event)
+            return out
 
-    def openai_response(self, data: dict, model: str) -> dict:
-        upstream = data["message"]
-        message = {"role": "assistant", "content": upstream.get("content") or ""}
-        if upstream.get("tool_calls"):
-            message["tool_calls"] = [
-                {k: v for k, v in call.items() if k != "index"}
-                for call in _openai_tool_calls(upstream["tool_calls"])
-            ]
-        if upstream.get("thinking"):
-            message["reasoning"] = upstream["thinking"]
-        finish = "tool_calls" if upstream.get("tool_calls") else data.get("done_reason") or "stop"
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model,
-            "choices": [
-                {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
-            ],
-            "usage": _usage(data),
-        }
-
-    def openai_chunks(self, event: dict, context: ChunkContext) -> list[dict]:
-        if not context.id:
-            context.id = f"chatcmpl-{uuid.uuid4().hex}"
-            context.created = int(time.time())
-            delta = {"role": "assistant", "content": ""}
-        else:
-            delta = {}
-        upstream = event.get("message") or {}
-        if upstream.get("content"):
-            delta["content"] = upstream["content"]
-        if upstream.get("thinking"):
-            delta["reasoning"] = upstream["thinking"]
-        if upstream.get("tool_calls"):
-            # Ollama sends each call whole; OpenAI clients take a whole call as one fragment.
-            delta["tool_calls"] = _openai_tool_calls(upstream["tool_calls"], context.tool_calls)
-            context.tool_calls += len(upstream["tool_calls"])
-        chunks = [self._chunk(context, delta, None)] if delta else []
-        if event.get("done"):
-            finish = "tool_calls" if context.tool_calls else event.get("done_reason") or "stop"
-            chunks.append(self._chunk(context, {}, finish))
-            if context.include_usage:
-                chunks.append(
-                    {**self._chunk(context, {}, None), "choices": [], "usage": _usage(event)}
-                )
-        return chunks
-
-    @staticmethod
-    def _chunk(context: ChunkContext, delta: dict, finish_reason: str | None) -> dict:
-        return {
-            "id": context.id,
-            "object": "chat.completion.chunk",
-            "created": context.created,
-            "model": context.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
-        }
+        return read
 
     def parse_models(self, data: dict) -> list[str]:
         return [model["name"] for model in data["models"]]

@@ -1,6 +1,6 @@
-"""chatd.adapters.openai_compat ~~~ OpenAI chat completions (OpenRouter, OpenCode Zen, Kimi).
+"""chatd.adapters.openai_compat ~~~ OpenAI chat completions (OpenRouter, OpenCode, Kimi, vLLM...).
 
-chatd's request shape is already OpenAI's, so this is close to a
+chatd's neutral request is already OpenAI's shape, so this is close to a
 pass-through: the model id is swapped and ``format`` becomes
 ``response_format``. Streams are SSE; usage is asked for with
 ``stream_options.include_usage`` and arrives in a last chunk with no choices.
@@ -8,15 +8,16 @@ pass-through: the model id is swapped and ``format`` becomes
 
 from __future__ import annotations
 
-from chatd.adapters.base import ChatAdapter, ChunkContext, copy_fields, usage
+from chatd import codec
+from chatd.adapters.base import ChatAdapter, copy_fields, count
 from chatd.adapters.framing import iter_sse_events
-from chatd.validation import ChatRequest
+from chatd.neutral import ChatRequest, Event, Reply, ToolCall, ToolCallDelta, Usage
 
 # chatd's fields that OpenAI's body takes under the same names, at the top level.
 BODY_NAMES = {
     name: name for name in ("temperature", "top_p", "max_tokens", "stop", "seed", "tool_choice")
 }
-# Reasoning text arrives under different names; /chat calls it "thinking" as Ollama does.
+# Reasoning text arrives under different names; the neutral shapes call it "thinking".
 REASONING_KEYS = ("reasoning", "reasoning_content")
 
 
@@ -27,20 +28,26 @@ def response_format(format_: str | dict) -> dict:
     return {"type": "json_schema", "json_schema": {"name": "response", "schema": format_}}
 
 
-def _usage(data: dict) -> dict:
-    counts = data.get("usage") or {}
-    return usage(
-        counts.get("prompt_tokens") or 0,
-        counts.get("completion_tokens") or 0,
-        counts.get("total_tokens"),
-    )
+def _usage(data: dict) -> Usage | None:
+    counts = data.get("usage")
+    if not isinstance(counts, dict):
+        return None
+    return Usage(count(counts.get("prompt_tokens")), count(counts.get("completion_tokens")))
 
 
-def _thinking(message: dict) -> str | None:
+def _thinking(message: dict) -> str:
     for key in REASONING_KEYS:
         if message.get(key):
             return message[key]
-    return None
+    return ""
+
+
+def _arguments(function: dict) -> str:
+    arguments = function.get("arguments")
+    if arguments is None:
+        return ""
+    # Some OpenAI-style servers send an object; the neutral shape is JSON text.
+    return arguments if isinstance(arguments, str) else codec.dumps(arguments).decode()
 
 
 class OpenAIChatAdapter(ChatAdapter):
@@ -61,55 +68,45 @@ class OpenAIChatAdapter(ChatAdapter):
         body.update(request.options)
         return body
 
-    # -- chatd's /chat shape ---------------------------------------------------
-
-    def parse_response(self, data: dict) -> dict:
+    def parse_reply(self, data: dict) -> Reply:
         choice = data["choices"][0]
         upstream = choice["message"]
-        message = {"role": "assistant", "content": upstream.get("content") or ""}
-        if upstream.get("tool_calls"):
-            message["tool_calls"] = upstream["tool_calls"]
-        thinking = _thinking(upstream)
-        if thinking:
-            message["thinking"] = thinking
-        return {
-            "message": message,
-            "done_reason": choice.get("finish_reason"),
-            "usage": _usage(data),
-        }
+        calls = [
+            ToolCall(call["id"], call["function"]["name"], _arguments(call["function"]) or "{}")
+            for call in upstream.get("tool_calls") or ()
+        ]
+        return Reply(
+            content=upstream.get("content") or "",
+            thinking=_thinking(upstream),
+            tool_calls=calls,
+            finish_reason=choice.get("finish_reason"),
+            usage=_usage(data) or Usage(),
+        )
 
-    def parse_event(self, event: dict) -> dict:
-        parts = {}
-        choices = event.get("choices") or []
-        if choices:
-            delta = choices[0].get("delta") or {}
-            if delta.get("content"):
-                parts["content"] = delta["content"]
-            thinking = _thinking(delta)
-            if thinking:
-                parts["thinking"] = thinking
-            if delta.get("tool_calls"):
-                parts["tool_calls"] = delta["tool_calls"]
-            if choices[0].get("finish_reason"):
-                parts["done_reason"] = choices[0]["finish_reason"]
-        if event.get("usage"):
-            parts["usage"] = _usage(event)
-        return parts
-
-    # -- OpenAI's shapes: pass through, named as the client named the model ----
-
-    def openai_response(self, data: dict, model: str) -> dict:
-        data["choices"][0]["message"]  # an answer without a message is no answer
-        data["model"] = model
-        return data
-
-    def openai_chunks(self, event: dict, context: ChunkContext) -> list[dict]:
-        if not event.get("choices") and not context.include_usage:
-            # A usage-only chunk the client did not ask for: SDK users index
-            # choices[0] on every chunk.
-            return []
-        event["model"] = context.model
-        return [event]
+    def stream_reader(self):
+        return _read_chunk
 
     def parse_models(self, data: dict) -> list[str]:
         return [model["id"] for model in data["data"]]
+
+
+def _read_chunk(event: dict) -> Event:
+    out = Event(usage=_usage(event), raw=event)
+    choices = event.get("choices")
+    if choices:
+        choice = choices[0]
+        delta = choice.get("delta") or {}
+        out.content = delta.get("content") or ""
+        out.thinking = _thinking(delta)
+        if delta.get("tool_calls"):
+            out.tool_calls = [
+                ToolCallDelta(
+                    call.get("index", i),
+                    call.get("id"),
+                    (call.get("function") or {}).get("name"),
+                    _arguments(call.get("function") or {}),
+                )
+                for i, call in enumerate(delta["tool_calls"])
+            ]
+        out.finish_reason = choice.get("finish_reason")
+    return out
