@@ -32,6 +32,8 @@ from chatd.routing import Route, resolve_model, strip_cloud_suffix
         # opencode/<m>, kimi/<m>
         ("opencode/glm-5.1", "opencode", "glm-5.1"),
         ("kimi/kimi-for-coding", "kimi", "kimi-for-coding"),
+        # opencode-go/<m>: the OpenCode Go catalogue (a prefix that is not opencode/)
+        ("opencode-go/glm-5.1", "opencode_go", "glm-5.1"),
         # anything else: the local Ollama, the whole name
         ("llama3.2", "ollama", "llama3.2"),
         ("qwen2.5:7b", "ollama", "qwen2.5:7b"),
@@ -50,6 +52,7 @@ def test_routes(name, provider, upstream_model):
         "ollama/",
         "kimi/",
         "opencode/",
+        "opencode-go/",
         "ollama_cloud/",
         "ollama_cloud/:cloud",
         ":cloud",
