@@ -43,6 +43,18 @@ def tool_call_delta(call: ToolCallDelta) -> dict:
     return piece
 
 
+def delta(event: Event, thinking_key: str = "thinking") -> dict:
+    """What ``event`` adds, as an OpenAI-style ``delta`` (reasoning under ``thinking_key``)."""
+    out = {}
+    if event.content:
+        out["content"] = event.content
+    if event.thinking:
+        out[thinking_key] = event.thinking
+    if event.tool_calls:
+        out["tool_calls"] = [tool_call_delta(call) for call in event.tool_calls]
+    return out
+
+
 def render_reply(reply: Reply, route: Route) -> dict:
     message: dict = {"role": "assistant", "content": reply.content}
     if reply.tool_calls:
@@ -63,15 +75,9 @@ def render_stream(events: Iterator[Event], route: Route) -> Iterator[bytes]:
     finish = None
     usage = None
     for event in events:
-        delta = {}
-        if event.content:
-            delta["content"] = event.content
-        if event.thinking:
-            delta["thinking"] = event.thinking
-        if event.tool_calls:
-            delta["tool_calls"] = [tool_call_delta(call) for call in event.tool_calls]
-        if delta:
-            yield sse({**head, "delta": delta})
+        added = delta(event)
+        if added:
+            yield sse({**head, "delta": added})
         finish = event.finish_reason or finish
         usage = event.usage or usage
     usage = (usage or Usage()).as_dict()

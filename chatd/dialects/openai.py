@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
-from chatd.dialects.chat import DONE, render_stream_error, sse, tool_call, tool_call_delta
+from chatd.dialects.chat import DONE, delta, render_stream_error, sse, tool_call
 from chatd.neutral import Event, Reply
 
 __all__ = ["render_reply", "render_stream", "render_stream_error"]
@@ -59,19 +59,16 @@ def render_stream(
         "created": int(time.time()),
         "model": model,
     }
-    delta: dict = {"role": "assistant", "content": ""}
+    # The first chunk says who speaks, as OpenAI's do.
+    first = {"role": "assistant", "content": ""}
     finish = None
     usage = None
     for event in events:
-        if event.content:
-            delta["content"] = event.content
-        if event.thinking:
-            delta["reasoning"] = event.thinking
-        if event.tool_calls:
-            delta["tool_calls"] = [tool_call_delta(call) for call in event.tool_calls]
-        if delta:
-            yield sse({**head, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
-            delta = {}
+        added = delta(event, "reasoning")
+        if first is not None:
+            added, first = {**first, **added}, None
+        if added:
+            yield sse({**head, "choices": [{"index": 0, "delta": added, "finish_reason": None}]})
         finish = event.finish_reason or finish
         usage = event.usage or usage
     yield sse({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": finish or "stop"}]})
