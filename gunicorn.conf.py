@@ -13,10 +13,20 @@ import os
 import shutil
 import tempfile
 
-from chatd.config import ConfigError, check_exposure, load_settings
+from chatd.config import (
+    ConfigError,
+    check_exposure,
+    check_keys,
+    effective_tokens,
+    is_loopback,
+    load_settings,
+)
 
 try:
     _settings = load_settings()
+    # A malformed key fails here, in one line naming its env var, not in each
+    # worker's boot with a traceback that would print it.
+    check_keys(_settings, os.environ)
 except ConfigError as e:
     # One clear line rather than gunicorn's "Failed to read config file" traceback.
     raise SystemExit(f"chatd: {e}") from None
@@ -105,6 +115,10 @@ proc_name = "chatd"
 #   on_starting - Before any socket is bound: refuse to serve beyond loopback
 #       without [auth] tokens, whatever --bind said on the command line.
 #
+#   post_worker_init - The same check again in every worker, against the app
+#       it built and the binds gunicorn really has (after a reload too): a
+#       worker that would serve beyond loopback without tokens refuses to boot.
+#
 #   child_exit - A worker's metric files stop counting as live when it exits.
 #
 #   on_exit - Remove the metrics directory this file made.
@@ -112,12 +126,25 @@ proc_name = "chatd"
 
 def on_starting(server):
     try:
-        check_exposure(server.cfg.bind, _settings.auth, "--bind")
+        tokens = effective_tokens(_settings.auth, os.environ)
+        check_exposure(server.cfg.bind, _settings.auth, tokens, "--bind")
     except ConfigError as e:
         raise SystemExit(f"chatd: {e}") from None
-    if not (_settings.auth.token_env or _settings.auth.token_file):
+    if not tokens:
         reach = "anyone who can reach it" if _settings.auth.allow_unauthenticated else "loopback"
         server.log.warning("chatd: no [auth] tokens; serving %s without authentication", reach)
+
+
+def post_worker_init(worker):
+    chatd = worker.wsgi.extensions["chatd"]
+    if chatd.authenticated or chatd.settings.auth.allow_unauthenticated:
+        return
+    exposed = [bind for bind in worker.cfg.bind if not is_loopback(bind)]
+    if exposed:
+        # Raised in a worker's boot, this halts gunicorn: closed, not open.
+        raise ConfigError(
+            f"bind {exposed[0]} is reachable from other machines and [auth] has no tokens"
+        )
 
 
 def child_exit(server, worker):

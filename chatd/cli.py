@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from chatd.config import ConfigError, load_settings, read_tokens, resolve_key
+from chatd.config import ConfigError, effective_tokens, load_settings, resolve_key
 from chatd.providers import KNOWN_PROVIDERS
 
 
@@ -51,15 +51,12 @@ def check_config(path: str | None) -> int:
             state += ", disabled"
         print(f"{name:13} {spec.wire:7} {url}  {state}")
     auth = settings.auth
-    tokens = read_tokens(auth, os.environ)
+    tokens = effective_tokens(auth, os.environ)
     if tokens:
         prints = ", ".join(key_fingerprint(t) for t in tokens)
         print(
             f"auth: {len(tokens)} token(s) ({prints}); /metrics protected: {auth.protect_metrics}"
         )
-    elif auth.token_env or auth.token_file:
-        print("auth: [auth] names tokens but none were found", file=sys.stderr)
-        return 1
     else:
         print("auth: none (loopback only)" if not auth.allow_unauthenticated else "auth: none")
     for alias, models in settings.aliases.items():

