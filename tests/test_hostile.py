@@ -9,6 +9,7 @@ the Flask app and a live gunicorn on loopback, bounded in count and time.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import requests
@@ -146,3 +147,127 @@ def test_load_settings_keeps_secrets_out_of_its_errors(tmp_path):
         load_settings(str(path), environ={"T": "tok en"})
     assert "tok" not in str(raised.value).replace("token", "")
     assert load_settings(str(path), environ={"T": "tok-1", **TEST_KEYS}).auth.token_env == "T"
+
+
+# -- fields chatd owns cannot be overridden ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "tools",
+        "tool_choice",
+        "format",
+        "fallbacks",
+        "max_tokens",
+        "options",
+    ],
+)
+def test_options_may_not_set_a_field_chatd_owns(client, name):
+    body = {"model": "kimi/cheap", "messages": MESSAGES, "options": {name: "expensive"}}
+    response = client.post("/chat", json=body)
+    assert response.status_code == 400
+    assert repr(name) in response.json["error"]["message"]
+
+
+@pytest.mark.parametrize("name", ["max_completion_tokens", "request_id"])
+def test_v1_unknown_fields_cannot_smuggle_an_owned_one(client, name):
+    body = {"model": "kimi/cheap", "messages": MESSAGES, "max_tokens": 3}
+    if name == "max_completion_tokens":
+        body["max_completion_tokens"] = 7
+    else:
+        body[name] = "x"
+    response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400, response.json
+
+
+def test_native_options_still_pass(client, upstream):
+    import responses as rsps_lib
+
+    upstream.add(
+        rsps_lib.POST,
+        "http://kimi.test/coding/v1/chat/completions",
+        json={"choices": [{"message": {"role": "assistant", "content": "ok"}}], "usage": {}},
+    )
+    body = {"model": "kimi/k2", "messages": MESSAGES, "options": {"top_k": 4, "user": "u"}}
+    assert client.post("/chat", json=body).status_code == 200
+    sent = json.loads(upstream.calls[0].request.body)
+    assert sent["model"] == "k2" and sent["top_k"] == 4
+
+
+# -- no input reaches a 500 ----------------------------------------------------------
+
+
+def _deep(levels: int):
+    value: object = 1
+    for _ in range(levels):
+        value = {"a": [value]}
+    return value
+
+
+HOSTILE_BODIES = {
+    "image_url string": {
+        "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}]
+    },
+    "text part without text": {"messages": [{"role": "user", "content": [{"type": "text"}]}]},
+    "tool_calls string": {"messages": [{"role": "assistant", "content": "", "tool_calls": "abc"}]},
+    "tool_calls [1]": {"messages": [{"role": "assistant", "content": "", "tool_calls": [1]}]},
+    "tool_calls function null": {
+        "messages": [{"role": "assistant", "content": None, "tool_calls": [{"function": None}]}]
+    },
+    "tool_calls arguments number": {
+        "messages": [
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"function": {"name": "f", "arguments": 5}}],
+            }
+        ]
+    },
+    "images not strings": {"messages": [{"role": "user", "content": "x", "images": [1]}]},
+    "deep options": {"options": _deep(150)},
+    "deep message extra": {"messages": [{"role": "user", "content": "x", "extra": _deep(150)}]},
+    "deep tools": {"tools": [_deep(150)]},
+    "deep format": {"format": _deep(150)},
+    "model with CRLF": {"model": "kimi/k2\r\nX-Evil: 1", "fallbacks": ["opencode/x"]},
+    "fallback with LF": {"fallbacks": ["opencode/x\nforged"]},
+    "1 MiB model": {"model": "kimi/" + "m" * (1 << 20), "fallbacks": ["opencode/x"]},
+    "non-ASCII model": {"model": "kimi/k\u2028"},
+    "too many fallbacks": {"fallbacks": ["opencode/x"] * 9},
+}
+
+
+@pytest.mark.parametrize("path", ["/chat", "/v1/chat/completions"])
+@pytest.mark.parametrize("case", list(HOSTILE_BODIES))
+def test_malformed_shapes_are_400_naming_the_field(client, path, case):
+    body = {"model": "kimi/k2", "messages": MESSAGES, **HOSTILE_BODIES[case]}
+    if path.startswith("/v1") and "options" in body:
+        # /v1 has no `options`: fields it does not know travel there instead.
+        body["metadata"] = body.pop("options")
+    # The stdlib encoder: orjson (the test client's) refuses the deep bodies.
+    response = client.post(path, data=json.dumps(body), content_type="application/json")
+    assert response.status_code == 400, response.json
+    assert response.json["error"]["type"] == "invalid_request"
+    assert len(response.get_data()) < 4096
+
+
+def test_v1_json_schema_that_is_not_an_object_is_400(client):
+    body = {
+        "model": "kimi/k2",
+        "messages": MESSAGES,
+        "response_format": {"type": "json_schema", "json_schema": "s"},
+    }
+    response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400
+    assert "json_schema" in response.json["error"]["message"]
+
+
+def test_options_nested_just_under_the_bound_are_accepted():
+    from chatd.validation import MAX_DEPTH, build_chat_request
+
+    body = {"model": "m", "messages": MESSAGES, "options": {"o": _deep(MAX_DEPTH // 2 - 1)}}
+    assert build_chat_request(body).options == body["options"]
