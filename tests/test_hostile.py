@@ -13,9 +13,13 @@ import json
 
 import pytest
 import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from chatd.app import create_app
 from chatd.config import ConfigError, Settings, effective_tokens, load_settings
+from chatd.errors import BadRequest
+from chatd.validation import ChatRequest, build_chat_request, build_openai_request, parse_json
 from tests.conftest import TEST_KEYS, TEST_URLS
 from tests.live import chatd_cli, clean_env, free_port, provider_urls, run_chatd, write_config
 
@@ -267,7 +271,121 @@ def test_v1_json_schema_that_is_not_an_object_is_400(client):
 
 
 def test_options_nested_just_under_the_bound_are_accepted():
-    from chatd.validation import MAX_DEPTH, build_chat_request
+    from chatd.validation import MAX_DEPTH
 
     body = {"model": "m", "messages": MESSAGES, "options": {"o": _deep(MAX_DEPTH // 2 - 1)}}
     assert build_chat_request(body).options == body["options"]
+
+
+# -- property-based: any JSON in, a ChatRequest or a BadRequest out ---------------
+
+_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
+_json = st.recursive(
+    _scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=30,
+)
+_keys = st.sampled_from(
+    [
+        "model",
+        "messages",
+        "options",
+        "tools",
+        "tool_choice",
+        "format",
+        "fallbacks",
+        "stream",
+        "stop",
+        "seed",
+        "max_tokens",
+        "temperature",
+        "response_format",
+        "stream_options",
+        "max_completion_tokens",
+        "role",
+        "content",
+        "tool_calls",
+        "image_url",
+        "function",
+    ]
+)
+_message = st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "assistant", "tool", "system", "x"])},
+    optional={
+        "content": _json
+        | st.lists(st.dictionaries(st.sampled_from(["type", "text", "image_url"]), _json)),
+        "tool_calls": _json
+        | st.lists(
+            st.dictionaries(
+                st.sampled_from(["id", "function"]),
+                _json | st.dictionaries(st.sampled_from(["name", "arguments"]), _json),
+            )
+        ),
+        "images": _json,
+    },
+)
+# Bodies near the real shape, so the checks past the first field are reached too.
+_bodies = (
+    _json
+    | st.fixed_dictionaries(
+        {"model": st.text(max_size=20) | _json, "messages": st.lists(_message, max_size=3) | _json},
+        optional={
+            key: _json
+            for key in [
+                "options",
+                "tools",
+                "tool_choice",
+                "format",
+                "fallbacks",
+                "stream",
+                "stop",
+                "response_format",
+                "stream_options",
+            ]
+        },
+    )
+    | st.dictionaries(_keys, _json, max_size=6)
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_bodies)
+def test_validators_answer_a_request_or_a_bad_request(body):
+    for build in (build_chat_request, lambda b: build_openai_request(b)[0]):
+        try:
+            assert isinstance(build(body), ChatRequest)
+        except BadRequest:
+            pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=64) | _json.map(lambda v: json.dumps(v).encode()))
+def test_parse_json_answers_a_value_or_a_bad_request(data):
+    try:
+        parse_json(data)
+    except BadRequest:
+        pass
+
+
+def test_a_bounded_fuzz_of_both_routes_never_answers_500(make_app):
+    """Random bodies through the whole app (no upstream answers: any call is a 502)."""
+    app = make_app(retries=0, connect_timeout_secs=0.2)
+    client = app.test_client()
+    seen = []
+
+    @settings(max_examples=150, deadline=None, database=None)
+    @given(_bodies, st.sampled_from(["/chat", "/v1/chat/completions"]))
+    def fuzz(body, path):
+        response = client.post(path, data=json.dumps(body), content_type="application/json")
+        seen.append(response.status_code)
+        assert response.status_code < 500 or response.status_code in (502, 503, 504), (
+            path,
+            body,
+            response.get_data()[:300],
+        )
+        assert response.is_json or response.is_streamed
+
+    fuzz()
+    assert seen and 400 in seen
