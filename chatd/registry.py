@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from chatd.adapters import ADAPTERS, ChatAdapter
 from chatd.config import Settings, resolve_key
-from chatd.errors import ProviderDisabled, ProviderNotFound, UpstreamError
+from chatd.errors import ProviderDisabled, ProviderNotFound, UpstreamError, add_secrets
 from chatd.providers import KNOWN_PROVIDERS
 from chatd.resilience import Policy
 from chatd.sessions import make_session
@@ -147,6 +147,8 @@ def build_registry(settings: Settings, environ: Mapping[str, str] | None = None)
                 continue
             headers["Authorization"] = f"Bearer {key}"
             key_sources[name] = source
+            # From now on no upstream text reaches a client or the log with it.
+            add_secrets(key)
         adapters[name] = ADAPTERS[spec.wire](
             name,
             settings.url(name),
