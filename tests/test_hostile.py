@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 
 import pytest
 import requests
@@ -389,3 +390,42 @@ def test_a_bounded_fuzz_of_both_routes_never_answers_500(make_app):
 
     fuzz()
     assert seen and 400 in seen
+
+
+# -- keys never leave ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def live(fakes, tmp_path_factory):
+    """A gunicorn with text logs (the format a forged line would fool) and no tokens."""
+    path = write_config(
+        tmp_path_factory.mktemp("hostile") / "chatd.toml",
+        timeout_secs=5.0,
+        retries=0,
+        threads=8,
+        **provider_urls(fakes),
+    )
+    with run_chatd(path, clean_env(**TEST_KEYS), workers=2) as chatd:
+        yield chatd
+
+
+@pytest.mark.parametrize("as_json", [True, False], ids=["json envelope", "plain text"])
+@pytest.mark.parametrize("status", [400, 503])
+def test_an_upstream_echoing_the_key_never_gets_it_to_the_client_or_the_log(
+    live, fakes, status, as_json
+):
+    fakes["kimi"].behave("echo_auth", status=status, json=as_json)
+    for path in ("/chat", "/v1/chat/completions"):
+        response = requests.post(
+            live.url + path, json={"model": "kimi/k2", "messages": MESSAGES}, timeout=10
+        )
+        assert response.status_code == 502, response.text
+        assert "[redacted]" in response.text
+        key = TEST_KEYS["KIMI_API_KEY"]
+        assert key not in response.text
+    # The log is written when the response is; poll briefly for the access line.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "[redacted]" not in live.log_text():
+        time.sleep(0.1)
+    for key in TEST_KEYS.values():
+        assert key not in live.log_text()
