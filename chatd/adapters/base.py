@@ -431,7 +431,9 @@ class ChatAdapter:
         # A list, so the deadline read before each read sees the latest event.
         deadline = [first]
         size = 0
-        buffer = b""
+        # A bytearray grows in place: `bytes += chunk` copies the whole buffer
+        # each time, quadratic on a stream that sends no newline.
+        buffer = bytearray()
         for chunk in self._reads(response, lambda: deadline[0]):
             size += len(chunk)
             if size > self.max_response_bytes:
@@ -443,7 +445,8 @@ class ChatAdapter:
             buffer += chunk
             if b"\n" not in chunk:
                 continue
-            *lines, buffer = buffer.split(b"\n")
+            *lines, rest = bytes(buffer).split(b"\n")
+            buffer = bytearray(rest)
             for line in lines:
                 line = line.rstrip(b"\r")
                 if line and not line.startswith(b":"):
@@ -454,7 +457,7 @@ class ChatAdapter:
                     )
                 yield line
         if buffer:
-            yield buffer
+            yield bytes(buffer)
 
     def _events(self, response: requests.Response) -> Iterator[dict]:
         """Yield the stream's events; an in-band error, a cut or garbage raises."""
