@@ -429,3 +429,20 @@ def test_an_upstream_echoing_the_key_never_gets_it_to_the_client_or_the_log(
         time.sleep(0.1)
     for key in TEST_KEYS.values():
         assert key not in live.log_text()
+
+
+# -- stream framing is linear in the bytes read --------------------------------------
+
+
+def test_a_stream_without_newlines_is_framed_in_linear_time(app):
+    adapter = app.extensions["chatd"].registry.adapters["kimi"]
+    adapter.max_response_bytes = 64 << 20
+    piece = b"x" * 1024
+    count = 8 * 1024  # 8 MiB in 1 KiB reads: quadratic copying would move ~32 GiB
+    adapter._reads = lambda response, deadline: iter([b"a\r\nb", *([piece] * count), b"\nc"])
+    started = time.process_time()
+    lines = list(adapter._lines(None))
+    # A hang guard, not a benchmark: linear takes well under a second.
+    assert time.process_time() - started < 5
+    assert lines[0] == b"a" and lines[2] == b"c"
+    assert lines[1] == b"b" + piece * count
