@@ -446,3 +446,61 @@ def test_a_stream_without_newlines_is_framed_in_linear_time(app):
     assert time.process_time() - started < 5
     assert lines[0] == b"a" and lines[2] == b"c"
     assert lines[1] == b"b" + piece * count
+
+
+# -- logs and metrics cannot be forged or bloated ----------------------------------
+
+
+def test_a_control_character_in_the_path_cannot_forge_a_log_line(live):
+    forged = "INFO chatd.access [x] POST /chat 200 provider=kimi"
+    raw = "/chat%0a" + forged.replace(" ", "%20") + "%0d%1b"
+    response = requests.get(live.url + raw, timeout=5)
+    assert response.status_code == 404 and response.json()["error"]["type"] == "not_found"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "\\x0aINFO" not in live.log_text():
+        time.sleep(0.1)
+    lines = live.log_text().splitlines()
+    assert any("GET /chat\\x0aINFO" in line for line in lines)
+    assert not any(line.startswith("INFO chatd.access") for line in lines)
+    assert "\x1b" not in live.log_text()
+
+
+def test_text_log_escapes_upstream_text_too(caplog):
+    import logging
+
+    from chatd.observability import TextFormatter
+
+    record = logging.LogRecord("chatd.x", logging.WARNING, "f", 1, "a %s", ("b\nc\r\u2028",), None)
+    record.request_id = "-"
+    line = TextFormatter("%(message)s").format(record)
+    assert line == "a b\\x0ac\\x0d\\u2028"
+
+
+def test_metric_labels_are_bounded_in_length_and_count():
+    from chatd.metrics import MAX_LABEL_LENGTH, MAX_MODELS, Metrics
+
+    metrics = Metrics()
+    labels = {metrics.model_label("kimi", f"kimi/{i}-" + "m" * 500) for i in range(MAX_MODELS + 20)}
+    assert len(labels) == MAX_MODELS + 1 and "other" in labels
+    assert max(len(label) for label in labels) <= MAX_LABEL_LENGTH
+
+
+def test_the_model_label_is_the_model_that_served(live, fakes):
+    fakes["kimi"].behave("status", status=503, body={"error": "down"})
+    body = {"model": "kimi/k-down", "messages": MESSAGES, "fallbacks": ["opencode/served-9"]}
+    response = requests.post(live.url + "/chat", json=body, timeout=10)
+    assert response.status_code == 200 and response.json()["model"] == "served-9"
+    assert response.headers["X-Chatd-Fallbacks"] == "kimi/k-down, opencode/served-9"
+    text = requests.get(live.url + "/metrics", timeout=5).text
+    assert 'model="opencode/served-9"' in text
+    assert 'model="kimi/k-down"' not in text
+
+
+def test_long_model_names_cannot_bloat_metrics(live):
+    before = len(requests.get(live.url + "/metrics", timeout=5).content)
+    for i in range(20):
+        body = {"model": f"opencode/{i}-" + "m" * 490, "messages": MESSAGES}
+        assert requests.post(live.url + "/chat", json=body, timeout=10).status_code == 200
+    after = len(requests.get(live.url + "/metrics", timeout=5).content)
+    # 20 new model labels over two token directions, each at most 128 characters.
+    assert after - before < 20 * 2 * 400
