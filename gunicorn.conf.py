@@ -57,8 +57,10 @@ backlog = 2048
 #   workers - Processes; $WEB_CONCURRENCY or [chatd] workers. One or two per
 #       core: the threads do the waiting.
 #
-#   worker_class - gthread: a sync worker streaming longer than `timeout`
-#       would be killed because it cannot heartbeat (gunicorn #1440).
+#   worker_class - gthread (chatd.worker.ChatdWorker is gthread whose own
+#       400/414/431 answers are chatd's JSON error body, not HTML): a sync
+#       worker streaming longer than `timeout` would be killed because it
+#       cannot heartbeat (gunicorn #1440).
 #
 #   threads - Calls in flight per worker: [chatd] threads (default 128). Each
 #       upstream call or open stream holds one thread for its whole length.
@@ -83,7 +85,7 @@ backlog = 2048
 #       in 12 minutes at ~1,200 req/s; 100,000 is still hours at real LLM rates.
 
 workers = int(os.environ.get("WEB_CONCURRENCY", _settings.workers))
-worker_class = "gthread"
+worker_class = "chatd.worker.ChatdWorker"
 threads = _settings.threads
 timeout = int(_settings.timeout_secs) + 30
 graceful_timeout = int(_settings.graceful_timeout_secs)
@@ -92,6 +94,21 @@ max_requests = 100000
 max_requests_jitter = 10000
 # Heartbeat files on tmpfs, not disk (gunicorn docs, "Blocking OS calls").
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+#
+# Proxies
+#
+#   forwarded_allow_ips - Peers whose forwarding headers gunicorn believes:
+#       loopback (where nginx runs) only when [chatd] trusted_proxies says a
+#       proxy is in front, else nobody. chatd's own ProxyFix reads
+#       X-Forwarded-For/-Proto by count.
+#
+#   forwarder_headers - None: a client-sent SCRIPT_NAME or PATH_INFO header
+#       would remount chatd (a bad one made GET /health a 500). chatd is
+#       always mounted at /.
+
+forwarded_allow_ips = "127.0.0.1,::1" if _settings.trusted_proxies else ""
+forwarder_headers = ""
 
 #
 # Logging

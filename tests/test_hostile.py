@@ -504,3 +504,58 @@ def test_long_model_names_cannot_bloat_metrics(live):
     after = len(requests.get(live.url + "/metrics", timeout=5).content)
     # 20 new model labels over two token directions, each at most 128 characters.
     assert after - before < 20 * 2 * 400
+
+
+# -- proxy headers and gunicorn's own answers ------------------------------------------
+
+
+def _raw(live, request: bytes) -> tuple[int, dict, bytes]:
+    """Send ``request`` as is and return (status, headers, body) of the answer."""
+    import socket
+
+    host, port = live.url.rsplit("/", 1)[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(request)
+        data = b""
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = [
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            ]
+            if length and len(body) >= length[0]:
+                break
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+@pytest.mark.parametrize("value", ["/nope", "/health"])
+def test_a_client_sent_script_name_is_ignored(live, value):
+    response = requests.get(live.url + "/health", headers={"SCRIPT_NAME": value}, timeout=5)
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "request_bytes, status",
+    [
+        (b"GET /health HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n", 400),
+        (b"NOT A REQUEST\r\n\r\n", 400),
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        (b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-A: b\r\n" * 200 + b"\r\n", 431),
+    ],
+    ids=["bad header", "bad request line", "uri too long", "too many headers"],
+)
+def test_gunicorns_own_errors_are_json(live, request_bytes, status):
+    got, headers, body = _raw(live, request_bytes)
+    assert got == status
+    assert headers["content-type"] == "application/json"
+    error = json.loads(body)["error"]
+    assert error["type"] and error["message"]
