@@ -157,6 +157,9 @@ _BEARER = re.compile(r"(?i)(bearer)\s+[^\s\"',;]+")
 REDACTED = "[redacted]"
 # The keys this process holds, as one pattern (longest first, so no key is
 # half-replaced by a shorter one it contains). Set once the registry is built.
+# A "key" shorter than MIN_SECRET is no real provider key (those are dozens of
+# characters) and would mangle ordinary words; the bearer rule still applies.
+MIN_SECRET = 8
 _secrets: set[str] = set()
 _secret_pattern: re.Pattern | None = None
 _secrets_lock = threading.Lock()
@@ -166,7 +169,7 @@ def add_secrets(*values: str) -> None:
     """Make ``values`` (provider keys) redacted from every upstream text from now on."""
     global _secret_pattern
     with _secrets_lock:
-        new = {value for value in values if value} - _secrets
+        new = {value for value in values if len(value) >= MIN_SECRET} - _secrets
         if not new:
             return
         _secrets.update(new)

@@ -99,11 +99,13 @@ def test_create_app_refuses_a_non_loopback_bind_without_tokens():
     assert create_app(tokened, environ={"T": "tok-9"}).extensions["chatd"].authenticated
 
 
-def test_a_worker_refuses_to_serve_beyond_loopback_without_tokens():
+def test_a_worker_refuses_to_serve_beyond_loopback_without_tokens(monkeypatch, tmp_path):
     """post_worker_init checks the binds gunicorn really has (after a reload too)."""
     import runpy
     from types import SimpleNamespace
 
+    # Else the config would make a metrics directory for this whole test process.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     conf = runpy.run_path("gunicorn.conf.py")
     app = create_app(Settings(**TEST_URLS), environ={})
     worker = SimpleNamespace(wsgi=app, cfg=SimpleNamespace(bind=["0.0.0.0:9"]))
