@@ -13,10 +13,20 @@ import os
 import shutil
 import tempfile
 
-from chatd.config import ConfigError, check_exposure, load_settings
+from chatd.config import (
+    ConfigError,
+    check_exposure,
+    check_keys,
+    effective_tokens,
+    is_loopback,
+    load_settings,
+)
 
 try:
     _settings = load_settings()
+    # A malformed key fails here, in one line naming its env var, not in each
+    # worker's boot with a traceback that would print it.
+    check_keys(_settings, os.environ)
 except ConfigError as e:
     # One clear line rather than gunicorn's "Failed to read config file" traceback.
     raise SystemExit(f"chatd: {e}") from None
@@ -47,8 +57,10 @@ backlog = 2048
 #   workers - Processes; $WEB_CONCURRENCY or [chatd] workers. One or two per
 #       core: the threads do the waiting.
 #
-#   worker_class - gthread: a sync worker streaming longer than `timeout`
-#       would be killed because it cannot heartbeat (gunicorn #1440).
+#   worker_class - gthread (chatd.worker.ChatdWorker is gthread whose own
+#       400/414/431 answers are chatd's JSON error body, not HTML): a sync
+#       worker streaming longer than `timeout` would be killed because it
+#       cannot heartbeat (gunicorn #1440).
 #
 #   threads - Calls in flight per worker: [chatd] threads (default 128). Each
 #       upstream call or open stream holds one thread for its whole length.
@@ -73,7 +85,7 @@ backlog = 2048
 #       in 12 minutes at ~1,200 req/s; 100,000 is still hours at real LLM rates.
 
 workers = int(os.environ.get("WEB_CONCURRENCY", _settings.workers))
-worker_class = "gthread"
+worker_class = "chatd.worker.ChatdWorker"
 threads = _settings.threads
 timeout = int(_settings.timeout_secs) + 30
 graceful_timeout = int(_settings.graceful_timeout_secs)
@@ -82,6 +94,21 @@ max_requests = 100000
 max_requests_jitter = 10000
 # Heartbeat files on tmpfs, not disk (gunicorn docs, "Blocking OS calls").
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+#
+# Proxies
+#
+#   forwarded_allow_ips - Peers whose forwarding headers gunicorn believes:
+#       loopback (where nginx runs) only when [chatd] trusted_proxies says a
+#       proxy is in front, else nobody. chatd's own ProxyFix reads
+#       X-Forwarded-For/-Proto by count.
+#
+#   forwarder_headers - None: a client-sent SCRIPT_NAME or PATH_INFO header
+#       would remount chatd (a bad one made GET /health a 500). chatd is
+#       always mounted at /.
+
+forwarded_allow_ips = "127.0.0.1,::1" if _settings.trusted_proxies else ""
+forwarder_headers = ""
 
 #
 # Logging
@@ -105,6 +132,10 @@ proc_name = "chatd"
 #   on_starting - Before any socket is bound: refuse to serve beyond loopback
 #       without [auth] tokens, whatever --bind said on the command line.
 #
+#   post_worker_init - The same check again in every worker, against the app
+#       it built and the binds gunicorn really has (after a reload too): a
+#       worker that would serve beyond loopback without tokens refuses to boot.
+#
 #   child_exit - A worker's metric files stop counting as live when it exits.
 #
 #   on_exit - Remove the metrics directory this file made.
@@ -112,12 +143,25 @@ proc_name = "chatd"
 
 def on_starting(server):
     try:
-        check_exposure(server.cfg.bind, _settings.auth, "--bind")
+        tokens = effective_tokens(_settings.auth, os.environ)
+        check_exposure(server.cfg.bind, _settings.auth, tokens, "--bind")
     except ConfigError as e:
         raise SystemExit(f"chatd: {e}") from None
-    if not (_settings.auth.token_env or _settings.auth.token_file):
+    if not tokens:
         reach = "anyone who can reach it" if _settings.auth.allow_unauthenticated else "loopback"
         server.log.warning("chatd: no [auth] tokens; serving %s without authentication", reach)
+
+
+def post_worker_init(worker):
+    chatd = worker.wsgi.extensions["chatd"]
+    if chatd.authenticated or chatd.settings.auth.allow_unauthenticated:
+        return
+    exposed = [bind for bind in worker.cfg.bind if not is_loopback(bind)]
+    if exposed:
+        # Raised in a worker's boot, this halts gunicorn: closed, not open.
+        raise ConfigError(
+            f"bind {exposed[0]} is reachable from other machines and [auth] has no tokens"
+        )
 
 
 def child_exit(server, worker):

@@ -18,7 +18,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from chatd import chat, health, openai_api
 from chatd.auth import TokenCheck
 from chatd.codec import OrjsonProvider
-from chatd.config import Settings, load_settings, read_tokens
+from chatd.config import Settings, check_exposure, effective_tokens, load_settings
 from chatd.dispatch import Dispatcher
 from chatd.errors import register_error_handlers
 from chatd.metrics import Metrics
@@ -56,6 +56,8 @@ class Chatd:
     """What the views need, reached through ``current_app.extensions["chatd"]``."""
 
     settings: Settings
+    #: Whether a bearer token guards the routes (some token was effective at start-up).
+    authenticated: bool
     registry: Registry
     dispatcher: Dispatcher
     metrics: Metrics
@@ -76,17 +78,19 @@ def create_app(settings: Settings | None = None, *, environ: Mapping[str, str] |
     app = ChatdFlask(__name__, static_folder=None)
     # Werkzeug refuses larger bodies with 413 before reading them (chat.read_body).
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    # Auth is decided once, before anything else is built, and fails closed.
+    tokens = effective_tokens(settings.auth, environ)
+    check_exposure([settings.bind], settings.auth, tokens, settings.source)
     metrics = Metrics()
     registry = build_registry(settings, environ)
     dispatcher = Dispatcher(registry, settings, metrics)
-    app.extensions["chatd"] = Chatd(settings, registry, dispatcher, metrics)
+    app.extensions["chatd"] = Chatd(settings, bool(tokens), registry, dispatcher, metrics)
 
     if settings.trusted_proxies:
         # The client address and scheme as nginx (or another proxy) saw them.
         app.wsgi_app = ProxyFix(
             app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies
         )
-    tokens = read_tokens(settings.auth, environ)
     if tokens:
         app.before_request(TokenCheck(tokens, settings.auth.protect_metrics))
     else:

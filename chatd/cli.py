@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from chatd.config import ConfigError, load_settings, read_tokens, resolve_key
+from chatd.config import ConfigError, effective_tokens, load_settings, resolve_key
 
 
 def default_gunicorn_config() -> str | None:
@@ -50,15 +50,12 @@ def check_config(path: str | None) -> int:
         wires = "+".join(spec.wires())
         print(f"{name:13} {spec.model_prefix:14} {wires:9} {spec.url}  {state}")
     auth = settings.auth
-    tokens = read_tokens(auth, os.environ)
+    tokens = effective_tokens(auth, os.environ)
     if tokens:
         prints = ", ".join(key_fingerprint(t) for t in tokens)
         print(
             f"auth: {len(tokens)} token(s) ({prints}); /metrics protected: {auth.protect_metrics}"
         )
-    elif auth.token_env or auth.token_file:
-        print("auth: [auth] names tokens but none were found", file=sys.stderr)
-        return 1
     else:
         print("auth: none (loopback only)" if not auth.allow_unauthenticated else "auth: none")
     for alias, models in settings.aliases.items():

@@ -353,8 +353,18 @@ def _parse_auth(table, where: str, environ: Mapping[str, str]) -> AuthSettings:
     auth = AuthSettings(**values)
     if auth.token_file and not os.path.isfile(auth.token_file):
         raise ConfigError(f"{place}: token_file {auth.token_file} does not exist")
-    if auth.token_env and not environ.get(auth.token_env, "").strip() and not auth.token_file:
-        raise ConfigError(f"{place}: token_env names {auth.token_env}, which is empty")
+    # Naming a token source that holds no token is a mistake, never "no auth":
+    # serving and `chatd check-config` both refuse it, on any bind.
+    if (auth.token_env or auth.token_file) and not effective_tokens(auth, environ):
+        sources = " or ".join(
+            s
+            for s in (
+                auth.token_env and f"token_env {auth.token_env}",
+                auth.token_file and f"token_file {auth.token_file}",
+            )
+            if s
+        )
+        raise ConfigError(f"{place}: {sources} holds no token")
     return auth
 
 
@@ -372,9 +382,45 @@ def is_loopback(bind: str) -> bool:
         return False
 
 
-def check_exposure(binds, auth: AuthSettings, where: str) -> None:
-    """Refuse to serve beyond loopback with no inbound tokens, unless told to."""
-    if auth.token_env or auth.token_file or auth.allow_unauthenticated:
+def effective_tokens(auth: AuthSettings, environ: Mapping[str, str]) -> tuple[str, ...]:
+    """Return the inbound tokens: the env var's, then the token file's, each stripped.
+
+    The one place that decides whether chatd has auth: start-up, ``--bind``
+    overrides, reloads and :func:`chatd.app.create_app` all ask it. ``","``,
+    blanks or an empty file are zero tokens.
+
+    :raises ConfigError: the token file cannot be read, or a token holds a
+        control character (never the token itself in the message).
+    """
+    raw = environ.get(auth.token_env, "") if auth.token_env else ""
+    if auth.token_file:
+        try:
+            with open(auth.token_file, encoding="utf-8") as f:
+                raw += "," + f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            reason = getattr(e, "strerror", None) or type(e).__name__
+            raise ConfigError(f"[auth]: cannot read token_file: {reason}") from None
+    tokens = tuple(t.strip() for t in raw.replace("\n", ",").split(",") if t.strip())
+    for token in tokens:
+        if not is_clean_secret(token):
+            where = auth.token_env if auth.token_env else auth.token_file
+            raise ConfigError(
+                f"[auth]: a token from {where} holds whitespace or control characters"
+            )
+    return tokens
+
+
+def is_clean_secret(value: str) -> bool:
+    """Whether ``value`` can travel in a header: printable, no whitespace inside."""
+    return value.isprintable() and not any(c.isspace() for c in value)
+
+
+def check_exposure(binds, auth: AuthSettings, tokens: tuple[str, ...], where: str) -> None:
+    """Refuse to serve beyond loopback with zero effective tokens, unless told to.
+
+    ``tokens`` is what :func:`effective_tokens` returned for ``auth``.
+    """
+    if auth.allow_unauthenticated or tokens:
         return
     exposed = [bind for bind in binds if not is_loopback(bind)]
     if exposed:
@@ -384,19 +430,7 @@ def check_exposure(binds, auth: AuthSettings, where: str) -> None:
         )
 
 
-def read_tokens(auth: AuthSettings, environ: Mapping[str, str]) -> tuple[str, ...]:
-    """Return the inbound tokens: from the env var, then the token file."""
-    raw = environ.get(auth.token_env, "") if auth.token_env else ""
-    if auth.token_file:
-        try:
-            with open(auth.token_file) as f:
-                raw += "," + f.read()
-        except OSError as e:
-            raise ConfigError(f"[auth]: cannot read token_file: {e.strerror}") from None
-    return tuple(t.strip() for t in raw.replace("\n", ",").split(",") if t.strip())
-
-
-def _validate(settings: Settings) -> None:
+def _validate(settings: Settings, environ: Mapping[str, str]) -> None:
     where = settings.source
     _check_policy(dataclasses.asdict(settings), where)
     if settings.log_format not in ("text", "json"):
@@ -424,7 +458,7 @@ def _validate(settings: Settings) -> None:
             )
     if ":" not in settings.bind and not settings.bind.startswith("unix:"):
         raise ConfigError(f"{where}: bind must be HOST:PORT or unix:PATH")
-    check_exposure([settings.bind], settings.auth, where)
+    check_exposure([settings.bind], settings.auth, effective_tokens(settings.auth, environ), where)
 
 
 def load_settings(path: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -465,7 +499,7 @@ def load_settings(path: str | None = None, environ: Mapping[str, str] | None = N
     explicit = frozenset(values) - set(_TABLES)
     values["auth"] = _parse_auth(document.get("auth", {}), path, environ)
     settings = Settings(source=path, explicit=explicit, **values)
-    _validate(settings)
+    _validate(settings, environ)
     return settings
 
 
@@ -475,9 +509,12 @@ def resolve_key(env_name: str, file_path: str, environ: Mapping[str, str]) -> tu
     The env var named ``env_name`` wins; when it is empty, the dotenv file
     ``file_path`` is consulted for the same name. A missing file means no key;
     an unreadable one is logged (never its contents) and also means no key.
+
+    :raises ConfigError: the key holds whitespace or a control character.
     """
     key = environ.get(env_name, "").strip() if env_name else ""
     if key:
+        _check_key(key, f"env {env_name}")
         return key, f"env {env_name}"
     if not file_path or not env_name or not os.path.exists(file_path):
         return "", ""
@@ -489,4 +526,25 @@ def resolve_key(env_name: str, file_path: str, environ: Mapping[str, str]) -> tu
     except (OSError, UnicodeDecodeError) as e:
         log.warning("cannot read key file %s: %s", file_path, type(e).__name__)
         return "", ""
-    return (key, f"file {file_path}") if key else ("", "")
+    if not key:
+        return "", ""
+    _check_key(key, f"{env_name} in {file_path}")
+    return key, f"file {file_path}"
+
+
+def _check_key(key: str, where: str) -> None:
+    # A newline in a key would be refused by requests later, with the key in the
+    # traceback: refuse it here, naming where it came from and never the value.
+    if not is_clean_secret(key):
+        raise ConfigError(f"{where}: the key holds whitespace or control characters")
+
+
+def check_keys(settings: Settings, environ: Mapping[str, str]) -> None:
+    """Resolve every provider's key once, so a malformed one stops start-up here.
+
+    :raises ConfigError: naming the env var (or file) of a key that holds
+        whitespace or a control character, never the key.
+    """
+    for spec in settings.specs.values():
+        if spec.key_env is not None:
+            resolve_key(spec.key_env, spec.key_file, environ)

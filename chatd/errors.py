@@ -9,6 +9,8 @@ errors and anything unexpected into the same JSON body:
 from __future__ import annotations
 
 import logging
+import re
+import threading
 
 from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -148,6 +150,39 @@ _HTTP_ERROR_TYPES = {
     405: "method_not_allowed",
     413: "request_too_large",
 }
+
+
+# Whatever follows "Bearer " in upstream text is a credential, ours or not.
+_BEARER = re.compile(r"(?i)(bearer)\s+[^\s\"',;]+")
+REDACTED = "[redacted]"
+# The keys this process holds, as one pattern (longest first, so no key is
+# half-replaced by a shorter one it contains). Set once the registry is built.
+# A "key" shorter than MIN_SECRET is no real provider key (those are dozens of
+# characters) and would mangle ordinary words; the bearer rule still applies.
+MIN_SECRET = 8
+_secrets: set[str] = set()
+_secret_pattern: re.Pattern | None = None
+_secrets_lock = threading.Lock()
+
+
+def add_secrets(*values: str) -> None:
+    """Make ``values`` (provider keys) redacted from every upstream text from now on."""
+    global _secret_pattern
+    with _secrets_lock:
+        new = {value for value in values if len(value) >= MIN_SECRET} - _secrets
+        if not new:
+            return
+        _secrets.update(new)
+        ordered = sorted(_secrets, key=len, reverse=True)
+        _secret_pattern = re.compile("|".join(re.escape(value) for value in ordered))
+
+
+def redact(text: str) -> str:
+    """Return upstream ``text`` with every known key and any bearer credential replaced."""
+    pattern = _secret_pattern
+    if pattern is not None:
+        text = pattern.sub(REDACTED, text)
+    return _BEARER.sub(rf"\1 {REDACTED}", text)
 
 
 def trim(text: str, limit: int = MAX_UPSTREAM_TEXT) -> str:

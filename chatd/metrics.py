@@ -8,7 +8,8 @@ a dead worker's files are marked dead when it exits. Without that variable
 
 Label sets are bounded: routes are the app's own rules, providers are the five
 known ones, and model names past :data:`MAX_MODELS` distinct ones per worker
-are counted as ``other``, so no client can grow the series without limit.
+are counted as ``other``, and each is cut to :data:`MAX_LABEL_LENGTH`
+characters, so no client can grow the series, or /metrics, without limit.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from prometheus_client import (
 )
 
 MAX_MODELS = 100
+# Label values are cut to this length too, so a label cannot be large either.
+MAX_LABEL_LENGTH = 128
 # Upstream calls take from milliseconds (cached, local) to minutes (reasoning).
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 # chatd's own share should stay well under a millisecond.
@@ -97,7 +100,10 @@ class Metrics:
         return found
 
     def model_label(self, provider: str, model: str) -> str:
-        """Return ``model`` as a label value, or "other" once MAX_MODELS are known."""
+        """Return ``model`` as a label value (cut to MAX_LABEL_LENGTH), or "other"
+        once MAX_MODELS are known."""
+        if len(model) > MAX_LABEL_LENGTH:
+            model = model[: MAX_LABEL_LENGTH - 1] + "~"
         key = (provider, model)
         if key in self._models:
             return model

@@ -113,7 +113,9 @@ def finish(record: CallRecord, metrics: Metrics) -> None:
         if not record.stream and record.upstream_secs:
             metrics.overhead.observe(max(0.0, total - record.upstream_secs))
         if record.prompt_tokens or record.completion_tokens:
-            model = metrics.model_label(provider, record.model)
+            # The model that served the call: after a fallback, that one.
+            served = record.tried[-1] if record.tried else record.model
+            model = metrics.model_label(provider, served)
             child(metrics.tokens, provider, model, "in").inc(record.prompt_tokens)
             child(metrics.tokens, provider, model, "out").inc(record.completion_tokens)
     if access_log.isEnabledFor(logging.INFO):
@@ -188,6 +190,29 @@ class JsonFormatter(logging.Formatter):
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
 
+def escape_controls(text: str) -> str:
+    """Return ``text`` with every control or line-breaking character as a visible escape."""
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() else (f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}")
+        for c in text
+    )
+
+
+class TextFormatter(logging.Formatter):
+    """One line per record, whatever a client or an upstream put in its fields.
+
+    A newline in a model name, a ``%0a`` in a path or an upstream's error text
+    would otherwise start a second, forged line; the traceback of an error,
+    which chatd itself writes, keeps its lines.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
+
 def set_up_logging(level: str, log_format: str) -> None:
     """Log chatd's lines to stderr (gunicorn's error log), each with its request id."""
     logger = logging.getLogger("chatd")
@@ -197,9 +222,7 @@ def set_up_logging(level: str, log_format: str) -> None:
         handler = _ChatdHandler()
         handler.addFilter(RequestIdFilter())
         logger.addHandler(handler)
-    handler.setFormatter(
-        JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
-    )
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter(TEXT_FORMAT))
 
 
 class _ChatdHandler(logging.StreamHandler):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from chatd.adapters import ADAPTERS, ChatAdapter
 from chatd.config import Settings, resolve_key
-from chatd.errors import BadRequest, ProviderDisabled, ProviderNotFound, UpstreamError
+from chatd.errors import BadRequest, ProviderDisabled, ProviderNotFound, UpstreamError, add_secrets
 from chatd.providers import ProviderSpec
 from chatd.resilience import Policy
 from chatd.routing import Router
@@ -173,6 +173,8 @@ def build_registry(settings: Settings, environ: Mapping[str, str] | None = None)
                 continue
             headers.update(key_headers(spec, key))
             key_sources[name] = source
+            # From now on no upstream text reaches a client or the log with it.
+            add_secrets(key)
         session = make_session(headers, pool_size=settings.threads)
         policy = Policy.for_provider(settings, name)
         by_wire[name] = {

@@ -9,12 +9,41 @@ provider-native knob in the wrong place (``top_k``, which belongs in
 
 from __future__ import annotations
 
+import re
+
 from chatd import codec
 from chatd.errors import BadRequest
 from chatd.neutral import ChatRequest
 
 ROLES = ("system", "user", "assistant", "tool")
 MAX_FALLBACKS = 8
+# Model names are printable ASCII of at most this many characters: they reach
+# the log, a metric label and the X-Chatd-Fallbacks header.
+MAX_MODEL_NAME = 512
+MODEL_NAME = re.compile(rf"[\x20-\x7e]{{1,{MAX_MODEL_NAME}}}")
+# Containers nested deeper than this are refused: orjson will not encode past
+# 254 levels, and no chat request needs more than a few dozen.
+MAX_DEPTH = 64
+# Fields chatd itself decides: `options` (and /v1 fields chatd has no name
+# for, which travel in options) may not set them behind chatd's back, or the
+# upstream would be sent one model while the answer, log and metrics said another.
+OWNED_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "tools",
+        "tool_choice",
+        "format",
+        "response_format",
+        "fallbacks",
+        "options",
+        "request_id",
+        "max_tokens",
+        "max_completion_tokens",
+    }
+)
 # OpenAI's newer name for a system turn; accepted on /v1 (sent to Ollama as system).
 OPENAI_ROLES = (*ROLES, "developer")
 
@@ -27,7 +56,51 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _check_depth(value, where: str, depth: int = 0) -> None:
+    """Refuse containers nested past MAX_DEPTH anywhere inside ``value``."""
+    if depth > MAX_DEPTH:
+        raise BadRequest(f"{where} is nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, dict):
+        for item in value.values():
+            if isinstance(item, dict | list):
+                _check_depth(item, where, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict | list):
+                _check_depth(item, where, depth + 1)
+
+
+def _check_part(where: str, part) -> None:
+    if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+        raise BadRequest(f"{where} must be an object with a string 'type'")
+    kind = part["type"]
+    if kind == "text" and not isinstance(part.get("text"), str):
+        raise BadRequest(f"{where}.text must be a string")
+    if kind == "image_url":
+        image = part.get("image_url")
+        if not isinstance(image, dict) or not isinstance(image.get("url"), str):
+            raise BadRequest(f"{where}.image_url must be an object with a string 'url'")
+
+
+def _check_tool_calls(where: str, calls) -> None:
+    if not isinstance(calls, list):
+        raise BadRequest(f"{where} must be a list of tool calls")
+    for k, call in enumerate(calls):
+        here = f"{where}[{k}]"
+        if not isinstance(call, dict):
+            raise BadRequest(f"{here} must be an object")
+        function = call.get("function")
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise BadRequest(f"{here}.function must be an object with a string 'name'")
+        arguments = function.get("arguments")
+        if arguments is not None and not isinstance(arguments, str | dict):
+            raise BadRequest(f"{here}.function.arguments must be a string or an object")
+        if call.get("id") is not None and not isinstance(call["id"], str):
+            raise BadRequest(f"{here}.id must be a string")
+
+
 def _check_message(i: int, message, roles: tuple[str, ...]) -> None:
+    """Check one turn strictly, so wire formats can trust its shape."""
     where = f"messages[{i}]"
     if not isinstance(message, dict):
         raise BadRequest(f"{where} must be an object")
@@ -36,18 +109,37 @@ def _check_message(i: int, message, roles: tuple[str, ...]) -> None:
         raise BadRequest(f"{where}.role is required and must be a string")
     if role not in roles:
         raise BadRequest(f"{where}.role must be one of {', '.join(roles)}, got {role!r}")
+    _check_depth(message, where)
+    tool_calls = message.get("tool_calls")
+    if tool_calls is not None:
+        _check_tool_calls(f"{where}.tool_calls", tool_calls)
+    images = message.get("images")
+    if images is not None and not (
+        isinstance(images, list) and all(isinstance(image, str) for image in images)
+    ):
+        raise BadRequest(f"{where}.images must be a list of base64 strings")
+    for name in ("tool_call_id", "name", "thinking"):
+        if message.get(name) is not None and not isinstance(message[name], str):
+            raise BadRequest(f"{where}.{name} must be a string")
     content = message.get("content")
     if isinstance(content, str):
         return
     if isinstance(content, list):
         for j, part in enumerate(content):
-            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                raise BadRequest(f"{where}.content[{j}] must be an object with a string 'type'")
+            _check_part(f"{where}.content[{j}]", part)
         return
     # An assistant turn that only calls tools may carry no content (OpenAI allows null).
-    if content is None and role == "assistant" and message.get("tool_calls"):
+    if content is None and role == "assistant" and tool_calls:
         return
     raise BadRequest(f"{where}.content must be a string or a list of content parts")
+
+
+def _check_model_name(name, where: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise BadRequest(f"{where} is required and must be a non-empty string")
+    if not MODEL_NAME.fullmatch(name):
+        raise BadRequest(f"{where} must be printable ASCII of at most {MAX_MODEL_NAME} characters")
+    return name
 
 
 def _check_messages(messages, roles: tuple[str, ...]) -> list:
@@ -78,12 +170,17 @@ def _check_stop(value) -> list[str] | None:
 
 
 def _check_format(value):
-    if value is None or value == "json" or isinstance(value, dict):
+    if value is None or value == "json":
+        return value
+    if isinstance(value, dict):
+        _check_depth(value, "format")
         return value
     raise BadRequest('format must be "json" or a JSON-schema object')
 
 
-def build_chat_request(body, roles: tuple[str, ...] = ROLES) -> ChatRequest:
+def build_chat_request(
+    body, roles: tuple[str, ...] = ROLES, owned_options: frozenset[str] = OWNED_FIELDS
+) -> ChatRequest:
     """Check a decoded body against chatd's request shape.
 
     :raises BadRequest: naming the first field that is missing, mistyped or unknown.
@@ -96,9 +193,7 @@ def build_chat_request(body, roles: tuple[str, ...] = ROLES) -> ChatRequest:
         raise BadRequest(
             f"unknown field {name!r}; provider-native parameters go in 'options'",
         )
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise BadRequest("model is required and must be a non-empty string")
+    model = _check_model_name(body.get("model"), "model")
 
     max_tokens = body.get("max_tokens")
     if max_tokens is not None and (not _is_int(max_tokens) or max_tokens < 1):
@@ -111,24 +206,33 @@ def build_chat_request(body, roles: tuple[str, ...] = ROLES) -> ChatRequest:
         options = {}
     elif not isinstance(options, dict):
         raise BadRequest("options must be an object")
+    else:
+        owned = sorted(options.keys() & owned_options)
+        if owned:
+            raise BadRequest(
+                f"options may not set {owned[0]!r}: chatd decides it "
+                "(use the top-level field, where there is one)"
+            )
+        _check_depth(options, "options")
     tools = body.get("tools")
-    if tools is not None and not (
-        isinstance(tools, list) and all(isinstance(t, dict) for t in tools)
-    ):
-        raise BadRequest("tools must be a list of objects")
+    if tools is not None:
+        if not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
+            raise BadRequest("tools must be a list of objects")
+        _check_depth(tools, "tools")
     tool_choice = body.get("tool_choice")
-    if tool_choice is not None and not isinstance(tool_choice, str | dict):
-        raise BadRequest("tool_choice must be a string or an object")
+    if tool_choice is not None:
+        if not isinstance(tool_choice, str | dict):
+            raise BadRequest("tool_choice must be a string or an object")
+        _check_depth(tool_choice, "tool_choice")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest("stream must be true or false")
     fallbacks = body.get("fallbacks")
-    if fallbacks is not None and not (
-        isinstance(fallbacks, list)
-        and len(fallbacks) <= MAX_FALLBACKS
-        and all(isinstance(f, str) and f.strip() for f in fallbacks)
-    ):
-        raise BadRequest(f"fallbacks must be a list of at most {MAX_FALLBACKS} model names")
+    if fallbacks is not None:
+        if not isinstance(fallbacks, list) or len(fallbacks) > MAX_FALLBACKS:
+            raise BadRequest(f"fallbacks must be a list of at most {MAX_FALLBACKS} model names")
+        for k, name in enumerate(fallbacks):
+            _check_model_name(name, f"fallbacks[{k}]")
 
     return ChatRequest(
         model=model,
@@ -159,7 +263,8 @@ def _format_from(response_format) -> str | dict | None:
     if kind == "json_object":
         return "json"
     if kind == "json_schema":
-        schema = (response_format.get("json_schema") or {}).get("schema")
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
         if not isinstance(schema, dict):
             raise BadRequest("response_format.json_schema.schema must be an object")
         return schema
@@ -180,7 +285,9 @@ def build_openai_request(body) -> tuple[ChatRequest, bool]:
         raise BadRequest("request body must be a JSON object")
     fields = {key: value for key, value in body.items() if key in _ALLOWED and key != "options"}
     native = {key: value for key, value in body.items() if key not in _ALLOWED}
-    if "max_tokens" not in fields and "max_completion_tokens" in native:
+    if "max_completion_tokens" in native:
+        if "max_tokens" in fields:
+            raise BadRequest("set max_tokens or max_completion_tokens, not both")
         fields["max_tokens"] = native.pop("max_completion_tokens")
     if native.get("response_format") is not None:
         fields["format"] = _format_from(native["response_format"])
@@ -189,7 +296,11 @@ def build_openai_request(body) -> tuple[ChatRequest, bool]:
         raise BadRequest("stream_options must be an object")
     if native:
         fields["options"] = native
-    return build_chat_request(fields, OPENAI_ROLES), bool(stream_options.get("include_usage"))
+    # response_format stays in options, checked above, so OpenAI upstreams get
+    # it whole (name, strict); every other field chatd owns is refused there.
+    owned = OWNED_FIELDS - {"response_format"}
+    request = build_chat_request(fields, OPENAI_ROLES, owned)
+    return request, bool(stream_options.get("include_usage"))
 
 
 def parse_json(data: bytes):

@@ -86,10 +86,11 @@ class FakeUpstream:
     def behave(self, mode: str = "ok", **options) -> None:
         """Set how the next chat calls are answered.
 
-        modes: ok, status (status, body, headers), hang (delay), drip (interval,
-        size), drip_head (interval), reset, invalid_json, big (size); ``times=N``
-        misbehaves N times, then answers normally. Streaming calls in mode ok send
-        ``pieces`` (a list of strings) ``interval`` seconds apart; ``cut_after``
+        modes: ok, status (status, body, headers), echo_auth (status, json), hang
+        (delay), drip (interval, size), drip_head (interval), reset, invalid_json,
+        big (size); ``times=N`` misbehaves N times, then answers normally.
+        Streaming calls in mode ok send ``pieces`` (a list of strings)
+        ``interval`` seconds apart; ``cut_after``
         N pieces drops the connection, ``error_after`` N pieces sends an in-band
         error, ``stall_after`` N pieces goes quiet for ``stall`` seconds.
         """
@@ -152,6 +153,13 @@ class FakeUpstream:
             return self._drip(handler, opt.get("interval", 0.2), opt.get("size", 200))
         if mode == "drip_head":
             return self._drip_head(handler, opt.get("interval", 0.2))
+        if mode == "echo_auth":
+            # A careless upstream: its error repeats the caller's credentials.
+            auth = recorded.headers.get("Authorization", "")
+            key = auth.partition(" ")[2]
+            text = f"bad request; you sent Authorization: {auth} (key {key})"
+            body = {"error": {"message": text}} if opt.get("json", True) else text.encode()
+            return self.send(handler, opt.get("status", 400), body)
         if mode == "reset":
             return self._reset(handler)
         if mode == "invalid_json":

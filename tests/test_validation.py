@@ -23,7 +23,11 @@ def test_every_optional_field():
             "messages": [
                 {"role": "system", "content": "be brief"},
                 {"role": "user", "content": [{"type": "text", "text": "hi"}]},
-                {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [{"id": "1", "function": {"name": "f", "arguments": "{}"}}],
+                },
                 {"role": "tool", "content": "42"},
             ],
             "temperature": 0.2,

@@ -21,7 +21,7 @@ import urllib3
 
 from chatd import codec
 from chatd.adapters.framing import BadEvent, StreamCut
-from chatd.errors import UpstreamError, UpstreamRateLimited, UpstreamTimeout, trim
+from chatd.errors import UpstreamError, UpstreamRateLimited, UpstreamTimeout, redact, trim
 from chatd.neutral import ChatRequest, Event, Reply
 from chatd.resilience import Policy
 from chatd.sessions import head_deadline
@@ -64,19 +64,22 @@ def error_text(body) -> str | None:
     """
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, str):
-        return trim(error)
+        return trim(redact(error))
     if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return trim(error["message"])
+        return trim(redact(error["message"]))
     return None
 
 
 def upstream_message(raw: bytes) -> str:
-    """Return the human message in an upstream error body; anything else as trimmed text."""
+    """Return the human message in an upstream error body; anything else as trimmed text.
+
+    Keys are redacted before anything is cut, so no part of one survives.
+    """
     text = raw.decode("utf-8", "replace")
     try:
-        return error_text(codec.loads(text)) or trim(text)
+        return error_text(codec.loads(text)) or trim(redact(text))
     except ValueError:
-        return trim(text)
+        return trim(redact(text))
 
 
 def copy_fields(request: ChatRequest, names: dict[str, str], into: dict) -> None:
@@ -338,7 +341,7 @@ class ChatAdapter:
         try:
             data = codec.loads(raw)
         except codec.DecodeError:
-            text = trim(raw.decode("utf-8", "replace"), 200)
+            text = trim(redact(raw[:4096].decode("utf-8", "replace")), 200)
             raise UpstreamError(
                 f"{self.provider} answered {response.status_code} with invalid JSON: {text}",
                 provider=self.provider,
@@ -424,7 +427,9 @@ class ChatAdapter:
         # A list, so the deadline read before each read sees the latest event.
         deadline = [first]
         size = 0
-        buffer = b""
+        # A bytearray grows in place: `bytes += chunk` copies the whole buffer
+        # each time, quadratic on a stream that sends no newline.
+        buffer = bytearray()
         for chunk in self._reads(response, lambda: deadline[0]):
             size += len(chunk)
             if size > self.max_response_bytes:
@@ -436,7 +441,8 @@ class ChatAdapter:
             buffer += chunk
             if b"\n" not in chunk:
                 continue
-            *lines, buffer = buffer.split(b"\n")
+            *lines, rest = bytes(buffer).split(b"\n")
+            buffer = bytearray(rest)
             for line in lines:
                 line = line.rstrip(b"\r")
                 if line and not line.startswith(b":"):
@@ -447,7 +453,7 @@ class ChatAdapter:
                     )
                 yield line
         if buffer:
-            yield buffer
+            yield bytes(buffer)
 
     def _events(self, response: requests.Response) -> Iterator[dict]:
         """Yield the stream's events; an in-band error, a cut or garbage raises."""
@@ -463,7 +469,7 @@ class ChatAdapter:
             raise UpstreamError(f"{self.provider} broke off: {e}", provider=self.provider) from None
         except BadEvent as e:
             raise UpstreamError(
-                f"{self.provider} sent a stream event that is not JSON: {e}",
+                f"{self.provider} sent a stream event that is not JSON: {redact(str(e))}",
                 provider=self.provider,
             ) from None
         finally:
