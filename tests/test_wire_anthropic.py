@@ -625,3 +625,69 @@ def test_400_is_not_retryable_and_passes_the_message_on(upstream):
         make_adapter().complete(request([{"role": "user", "content": "hi"}]), "m")
     assert not caught.value.retryable
     assert "max_tokens: too big" in caught.value.message
+
+
+# -- against the loopback fake (tests/fakes_wire.py) -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def fake():
+    from tests.fakes_wire import FakeAnthropic
+
+    with FakeAnthropic("from claude", thinking="Let me think.") as fake:
+        yield fake
+
+
+@pytest.fixture
+def live(fake):
+    fake.behave()
+    return make_adapter(fake.url + "/v1")
+
+
+WEATHER_CALL = ToolCall("toolu_fake1", "get_weather", '{"city":"Paris"}')
+
+
+def test_live_answer_and_tool_call(live, fake):
+    reply = live.parse_reply(live.complete(request([{"role": "user", "content": "hi"}]), "m"))
+    assert (reply.content, reply.thinking, reply.finish_reason) == (
+        "from claude",
+        "Let me think.",
+        "stop",
+    )
+    assert reply.usage == Usage(13, 5)
+    with_tools = request([{"role": "user", "content": "weather?"}], tools=[WEATHER_TOOL])
+    reply = live.parse_reply(live.complete(with_tools, "m"))
+    assert (reply.tool_calls, reply.finish_reason) == ([WEATHER_CALL], "tool_calls")
+    assert fake.chat_requests()[-1].json["tools"][0]["input_schema"]["type"] == "object"
+
+
+def test_live_stream_with_tools_rebuilds_the_call(live):
+    req = request([{"role": "user", "content": "weather?"}], tools=[WEATHER_TOOL], stream=True)
+    events = stream_through(live, req)
+    assert "".join(e.thinking for e in events) == "Let me think."
+    deltas = [d for e in events for d in (e.tool_calls or [])]
+    assert {d.index for d in deltas} == {0}
+    assert (deltas[0].id, deltas[0].name) == ("toolu_fake1", "get_weather")
+    assert json.loads("".join(d.arguments for d in deltas)) == {"city": "Paris"}
+    assert events[-1].finish_reason == "tool_calls"
+
+
+@pytest.mark.parametrize(
+    ("option", "match"), [("cut_after", "broke off"), ("error_after", "the model crashed")]
+)
+def test_live_stream_cut_or_failing_midway(live, fake, option, match):
+    fake.behave(**{option: 4})
+    with pytest.raises(UpstreamError, match=match):
+        stream_through(live, request([{"role": "user", "content": "hi"}], stream=True))
+
+
+def test_live_529_is_retryable(live, fake):
+    envelope = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    fake.behave("status", status=529, body=envelope)
+    with pytest.raises(UpstreamError) as caught:
+        live.complete(request([{"role": "user", "content": "hi"}]), "m")
+    assert caught.value.retryable and caught.value.details["upstream_status"] == 529
+
+
+def test_live_models(live):
+    assert live.list_models(timeout=2) == ["fake-model"]

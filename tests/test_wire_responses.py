@@ -585,3 +585,59 @@ def test_429_keeps_retry_after_and_the_message(upstream):
         make_adapter().complete(request([{"role": "user", "content": "hi"}]), "gpt-5.2")
     assert caught.value.retryable and caught.value.retry_after == 11.0
     assert "Rate limit reached" in caught.value.message
+
+
+# -- against the loopback fake (tests/fakes_wire.py) -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def fake():
+    from tests.fakes_wire import FakeResponses
+
+    with FakeResponses("from gpt", thinking="Let me think.") as fake:
+        yield fake
+
+
+@pytest.fixture
+def live(fake):
+    fake.behave()
+    return make_adapter(fake.url + "/v1")
+
+
+def test_live_answer_and_tool_call(live, fake):
+    reply = live.parse_reply(live.complete(request([{"role": "user", "content": "hi"}]), "m"))
+    assert (reply.content, reply.thinking, reply.finish_reason) == (
+        "from gpt",
+        "Let me think.",
+        "stop",
+    )
+    assert reply.usage == Usage(13, 6)
+    with_tools = request([{"role": "user", "content": "weather?"}], tools=[WEATHER_TOOL])
+    reply = live.parse_reply(live.complete(with_tools, "m"))
+    assert reply.tool_calls == [ToolCall("call_fake1", "get_weather", '{"city": "Paris"}')]
+    assert reply.finish_reason == "tool_calls"
+    assert fake.chat_requests()[-1].json["tools"][0]["name"] == "get_weather"
+
+
+def test_live_stream_with_tools_rebuilds_the_call(live):
+    req = request([{"role": "user", "content": "weather?"}], tools=[WEATHER_TOOL], stream=True)
+    events = stream_through(live, req)
+    assert "".join(e.thinking for e in events) == "Let me think."
+    deltas = [d for e in events for d in (e.tool_calls or [])]
+    assert {d.index for d in deltas} == {0}
+    assert (deltas[0].id, deltas[0].name) == ("call_fake1", "get_weather")
+    assert json.loads("".join(d.arguments for d in deltas)) == {"city": "Paris"}
+    assert events[-1].finish_reason == "tool_calls"
+
+
+@pytest.mark.parametrize(
+    ("option", "match"), [("cut_after", "broke off"), ("error_after", "the model crashed")]
+)
+def test_live_stream_cut_or_failing_midway(live, fake, option, match):
+    fake.behave(**{option: 3})
+    with pytest.raises(UpstreamError, match=match):
+        stream_through(live, request([{"role": "user", "content": "hi"}], stream=True))
+
+
+def test_live_models(live):
+    assert live.list_models(timeout=2) == ["fake-model"]
