@@ -641,3 +641,12 @@ def test_live_stream_cut_or_failing_midway(live, fake, option, match):
 
 def test_live_models(live):
     assert live.list_models(timeout=2) == ["fake-model"]
+
+
+@pytest.mark.parametrize("last", ["response.completed", "response.incomplete", "response.failed"])
+def test_the_stream_ends_at_its_last_event(last):
+    from chatd.adapters.responses import iter_responses_events
+
+    lines = [b'data: {"type": "response.created"}', b'data: {"type": "%s"}' % last.encode()]
+    lines.append(b'data: {"type": "never read"}')
+    assert [e["type"] for e in iter_responses_events(lines)] == ["response.created", last]
