@@ -185,7 +185,7 @@ def translate_tool_choice(choice: str | dict) -> dict:
     if isinstance(choice, str):
         if choice not in TOOL_CHOICE:
             raise BadRequest("tool_choice must be auto, none, required or a function")
-        return TOOL_CHOICE[choice]
+        return dict(TOOL_CHOICE[choice])  # a copy: the body is the caller's to change
     return {"type": "tool", "name": forced_function(choice)}
 
 
