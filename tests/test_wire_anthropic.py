@@ -551,11 +551,10 @@ def upstream():
 
 
 def stream_through(adapter, req) -> list[Event]:
-    """Open a stream over the base transport and read every event through the reader."""
-    reader = adapter.stream_reader()
+    """Open a stream over the base transport and read its neutral events."""
     stream = adapter.open_stream(req, "claude-sonnet-4-6")
     try:
-        return [e for e in map(reader, stream) if e is not None]
+        return list(stream)
     finally:
         stream.close()
 
@@ -691,3 +690,10 @@ def test_live_529_is_retryable(live, fake):
 
 def test_live_models(live):
     assert live.list_models(timeout=2) == ["fake-model"]
+
+
+def test_every_call_carries_the_anthropic_version_header(upstream):
+    upstream.post(URL + "/messages", json=ANSWER)
+    reply = make_adapter().reply(request([{"role": "user", "content": "hi"}]), "m")
+    assert reply.content == "Let me check."
+    assert upstream.calls[0].request.headers["anthropic-version"] == "2023-06-01"

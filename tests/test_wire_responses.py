@@ -521,10 +521,9 @@ def upstream():
 
 
 def stream_through(adapter, req) -> list[Event]:
-    reader = adapter.stream_reader()
     stream = adapter.open_stream(req, "gpt-5.2")
     try:
-        return [e for e in map(reader, stream) if e is not None]
+        return list(stream)
     finally:
         stream.close()
 
