@@ -47,3 +47,35 @@ def test_ndjson_without_done_is_a_cut():
 def test_ndjson_garbage_is_a_bad_event():
     with pytest.raises(BadEvent):
         list(iter_ndjson([b"<html>"]))
+
+
+def is_message_stop(event):
+    return event.get("type") == "message_stop"
+
+
+def test_sse_with_an_end_predicate_yields_the_end_event_then_stops():
+    lines = [
+        b"event: message_start",
+        b'data: {"type": "message_start"}',
+        b"",
+        b"event: message_stop",
+        b'data: {"type": "message_stop"}',
+        b'data: {"type": "never read"}',
+    ]
+    assert list(iter_sse_events(lines, done=is_message_stop)) == [
+        {"type": "message_start"},
+        {"type": "message_stop"},
+    ]
+
+
+def test_sse_with_an_end_predicate_does_not_take_done_for_the_end():
+    # [DONE] is not Anthropic's end: the stream still ended without message_stop.
+    events = iter_sse_events([b'data: {"type": "ping"}', b"data: [DONE]"], done=is_message_stop)
+    assert next(events) == {"type": "ping"}
+    with pytest.raises(StreamCut, match="end event"):
+        next(events)
+
+
+def test_sse_with_an_end_predicate_and_no_end_is_a_cut():
+    with pytest.raises(StreamCut):
+        list(iter_sse_events([b'data: {"type": "message_start"}'], done=is_message_stop))

@@ -2,13 +2,14 @@
 
 Pure generators over lines (bytes without the newline), tested without HTTP.
 Each returns normally only when the stream said it was finished (SSE
-``data: [DONE]``, an NDJSON object with ``"done": true``); a stream that just
+``data: [DONE]`` or a format's own end event, an NDJSON object with
+``"done": true``); a stream that just
 stops raises :class:`StreamCut`, so a cut stream never looks like a finished one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from chatd import codec
 
@@ -31,11 +32,18 @@ def _decode(payload: bytes) -> dict:
     return event
 
 
-def iter_sse_events(lines: Iterable[bytes]) -> Iterator[dict]:
-    """Yield the JSON of each ``data:`` line; stop at ``[DONE]``.
+def iter_sse_events(
+    lines: Iterable[bytes], done: Callable[[dict], bool] | None = None
+) -> Iterator[dict]:
+    """Yield the JSON of each ``data:`` line until the stream's end marker.
 
+    With ``done`` None the end is OpenAI's ``data: [DONE]``; otherwise the end
+    is the first event for which ``done(event)`` is true (Anthropic's
+    ``message_stop``, Responses' ``response.completed``): that event is
+    yielded, then iteration stops. A ``[DONE]`` line is then skipped: it does
+    not stand in for the format's own end, so a stream without it is still cut.
     Comment lines (``: OPENROUTER PROCESSING``), ``event:``/``id:`` lines and
-    blank separators are skipped; anything after ``[DONE]`` (Zen's cost chunk)
+    blank separators are skipped; anything after the end (Zen's cost chunk)
     is never read.
     """
     for line in lines:
@@ -43,10 +51,17 @@ def iter_sse_events(lines: Iterable[bytes]) -> Iterator[dict]:
             continue
         payload = line[5:].strip()
         if payload == b"[DONE]":
-            return
+            if done is None:
+                return
+            continue
         if payload:
-            yield _decode(payload)
-    raise StreamCut("the stream ended without data: [DONE]")
+            event = _decode(payload)
+            yield event
+            if done is not None and done(event):
+                return
+    if done is None:
+        raise StreamCut("the stream ended without data: [DONE]")
+    raise StreamCut("the stream ended without its end event")
 
 
 def iter_ndjson(lines: Iterable[bytes]) -> Iterator[dict]:
