@@ -95,8 +95,10 @@ class ProviderSpec:
 
         :raises BadRequest: the model's family uses a format chatd does not speak.
         """
+        # Model ids are lower case in every catalogue; a client's capitals are not a new family.
+        lowered = model.lower()
         for pattern, wire in self.wire_rules:
-            if fnmatch.fnmatchcase(model, pattern):
+            if fnmatch.fnmatchcase(lowered, pattern):
                 if wire.startswith(UNSUPPORTED):
                     family = wire[len(UNSUPPORTED) :]
                     raise BadRequest(
@@ -120,6 +122,8 @@ class ProviderSpec:
 # Anything not listed (GLM, Kimi, DeepSeek, MiniMax on Zen, Grok, Big Pickle,
 # *-free, MiMo, Hy3) is on /chat/completions.
 OPENCODE_ZEN_WIRES = (
+    # The free models are all on /chat/completions, whatever their family.
+    ("*-free", "openai"),
     ("gpt-*", "responses"),
     ("claude-*", "anthropic"),
     ("qwen3.5*", "anthropic"),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from chatd.adapters import ADAPTERS, ChatAdapter
 from chatd.config import Settings, resolve_key
-from chatd.errors import BadRequest, ProviderDisabled, ProviderNotFound, UpstreamError, add_secrets
+from chatd.errors import ProviderDisabled, ProviderNotFound, UpstreamError, add_secrets
 from chatd.providers import ProviderSpec
 from chatd.resilience import Policy
 from chatd.routing import Router
@@ -105,11 +105,8 @@ class Registry:
                 f"provider {name!r} is disabled by disabled_providers", provider=name
             )
         wires = self._by_wire.get(name)
-        if model is not None and wires is not None and len(self.specs[name].wire_rules):
-            wire = self.specs[name].wire_for(model)
-            if wire not in wires:
-                raise BadRequest(f"model: {model!r} needs the {wire} wire format, not built in")
-            return wires[wire]
+        if model is not None and wires is not None and self.specs[name].wire_rules:
+            return wires[self.specs[name].wire_for(model)]
         return adapter
 
     def available(self, name: str) -> bool:
@@ -188,7 +185,6 @@ def build_registry(settings: Settings, environ: Mapping[str, str] | None = None)
                 probe_timeout=settings.probe_timeout_secs,
             )
             for wire in spec.wires()
-            if wire in ADAPTERS
         }
         adapters[name] = by_wire[name][spec.wire]
     return Registry(

@@ -25,7 +25,7 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 def test_every_wire_a_row_names_is_one_chatd_speaks():
     from chatd.adapters import ADAPTERS
 
-    assert set(ADAPTERS) <= set(WIRES)
+    assert set(WIRES) == set(ADAPTERS)
     for spec in KNOWN_PROVIDERS.values():
         assert set(spec.wires()) <= set(WIRES)
 
@@ -98,6 +98,8 @@ def test_a_bad_provider_row_names_the_table_and_the_field(tmp_path, text, words)
         ("glm-5.1", "openai"),
         ("kimi-k2.6", "openai"),
         ("big-pickle", "openai"),
+        ("gpt-5-nano-free", "openai"),
+        ("Claude-Sonnet-4-6", "anthropic"),
         ("minimax-m2.5", "openai"),
     ],
 )
@@ -214,3 +216,50 @@ def test_test_urls_cover_every_builtin_row():
     # Keeps the unit tests from ever reaching a real vendor.
     for name in KNOWN_PROVIDERS:
         assert f"{name}_url" in TEST_URLS
+
+
+ANTHROPIC_ANSWER = {
+    "id": "msg_1",
+    "type": "message",
+    "role": "assistant",
+    "content": [{"type": "text", "text": "from claude"}],
+    "stop_reason": "end_turn",
+    "usage": {"input_tokens": 3, "output_tokens": 2},
+}
+RESPONSES_ANSWER = {
+    "id": "resp_1",
+    "object": "response",
+    "status": "completed",
+    "output": [
+        {
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "from gpt"}],
+        }
+    ],
+    "usage": {"input_tokens": 3, "output_tokens": 2},
+}
+
+
+@pytest.mark.parametrize(
+    "model, path, answer, text",
+    [
+        ("opencode/claude-sonnet-4-6", "/zen/v1/messages", ANTHROPIC_ANSWER, "from claude"),
+        ("opencode/gpt-5.5", "/zen/v1/responses", RESPONSES_ANSWER, "from gpt"),
+        ("opencode/glm-5.1", "/zen/v1/chat/completions", OPENAI_ANSWER, "hi"),
+        ("opencode-go/minimax-m2.7", "/zen/go/v1/messages", ANTHROPIC_ANSWER, "from claude"),
+    ],
+)
+def test_each_opencode_model_goes_to_its_endpoint_with_the_one_key(
+    client, upstream, model, path, answer, text
+):
+    upstream.post(
+        "http://opencode.test" + path,
+        json=answer,
+        match=[
+            matchers.header_matcher({"Authorization": f"Bearer {TEST_KEYS['OPENCODE_API_KEY']}"})
+        ],
+    )
+    response = client.post("/chat", json={"model": model, "messages": MESSAGES})
+    assert response.status_code == 200, response.json
+    assert response.json["message"]["content"] == text
