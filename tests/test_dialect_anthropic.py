@@ -1,0 +1,526 @@
+"""The Anthropic Messages dialect: reading requests, rendering answers, streams and errors.
+
+Rendered answers are read back with the official ``anthropic`` SDK (over an
+httpx mock transport), so "Anthropic's shape" means what the SDK accepts,
+not what these tests believe it to be.
+"""
+
+from __future__ import annotations
+
+import json
+
+import anthropic
+import httpx2 as httpx  # the transport anthropic 2.x is built on
+import pytest
+
+from chatd.dialects import anthropic as dialect
+from chatd.errors import BadRequest, ProviderNotFound, UpstreamError, UpstreamTimeout
+from chatd.neutral import Event, Reply, ToolCall, ToolCallDelta, Usage
+
+MODEL = "ollama/llama3.2"
+
+
+def base_body(**extra) -> dict:
+    return {
+        "model": MODEL,
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": "hi"}],
+        **extra,
+    }
+
+
+def sdk_answering(status: int, content: bytes, content_type="application/json"):
+    """An Anthropic SDK client whose every call gets this answer."""
+
+    def handler(request):
+        return httpx.Response(status, headers={"content-type": content_type}, content=content)
+
+    transport = httpx.MockTransport(handler)
+    return anthropic.Anthropic(
+        api_key="test",
+        base_url="http://chatd.test",
+        max_retries=0,
+        http_client=httpx.Client(transport=transport),
+    )
+
+
+def sdk_body(call) -> dict:
+    """The body the Anthropic SDK sends for ``call(client)``."""
+    sent = []
+
+    def handler(request):
+        sent.append(json.loads(request.content))
+        return httpx.Response(400, json={"type": "error", "error": {"type": "x", "message": "x"}})
+
+    client = anthropic.Anthropic(
+        api_key="test",
+        base_url="http://chatd.test",
+        max_retries=0,
+        http_client=httpx.Client(transport=httpx.MockTransport(handler)),
+    )
+    with pytest.raises(anthropic.BadRequestError):
+        call(client)
+    return sent[0]
+
+
+def streamed(events: list[Event]):
+    """What the SDK's stream helper makes of render_stream(events)."""
+    raw = b"".join(dialect.render_stream(iter(events), MODEL))
+    client = sdk_answering(200, raw, "text/event-stream")
+    with client.messages.stream(
+        model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "x"}]
+    ) as s:
+        kinds = [event.type for event in s]
+        return s.get_final_message(), kinds, raw
+
+
+# -- requests -----------------------------------------------------------------------
+
+
+def test_a_plain_request_reads_into_the_neutral_shape():
+    body = base_body(temperature=0.3, top_p=0.9, top_k=40, stop_sequences=["END"])
+    request = dialect.parse_request(body)
+    assert request.model == MODEL
+    assert request.messages == [{"role": "user", "content": "hi"}]
+    assert (request.temperature, request.top_p, request.max_tokens) == (0.3, 0.9, 64)
+    assert request.stop == ["END"]
+    assert request.options == {"top_k": 40}
+    assert request.stream is False
+    assert request.dialect == "anthropic" and request.native is body
+
+
+def test_system_blocks_with_cache_control_become_one_system_turn():
+    system = [
+        {"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral"}},
+        {"type": "text", "text": "Answer in French."},
+    ]
+    request = dialect.parse_request(base_body(system=system))
+    assert request.messages[0] == {
+        "role": "system",
+        "content": "You are terse.\n\nAnswer in French.",
+    }
+
+
+def test_a_trailing_system_turn_is_folded_into_the_system_prompt():
+    body = base_body(
+        system="base",
+        messages=[
+            {"role": "user", "content": "hi"},
+            {"role": "system", "content": [{"type": "text", "text": "unknown model note"}]},
+        ],
+    )
+    request = dialect.parse_request(body)
+    assert request.messages == [
+        {"role": "system", "content": "base\n\nunknown model note"},
+        {"role": "user", "content": "hi"},
+    ]
+
+
+def test_images_become_image_url_parts():
+    content = [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}},
+        {"type": "image", "source": {"type": "url", "url": "https://example.test/cat.jpg"}},
+    ]
+    request = dialect.parse_request(base_body(messages=[{"role": "user", "content": content}]))
+    assert request.messages[0]["content"] == [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+        {"type": "image_url", "image_url": {"url": "https://example.test/cat.jpg"}},
+    ]
+
+
+def test_a_tool_round_trip_reads_into_tool_calls_and_tool_turns():
+    messages = [
+        {"role": "user", "content": "weather?"},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "thinking", "thinking": "hmm", "signature": "sig"},
+                {"type": "text", "text": "Checking."},
+                {
+                    "type": "tool_use",
+                    "id": "toolu_1",
+                    "name": "get_weather",
+                    "input": {"city": "Paris"},
+                },
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "toolu_1",
+                    "content": [{"type": "text", "text": "sunny"}],
+                },
+                {"type": "text", "text": "and tomorrow?"},
+            ],
+        },
+    ]
+    request = dialect.parse_request(base_body(messages=messages))
+    assert request.messages == [
+        {"role": "user", "content": "weather?"},
+        {
+            "role": "assistant",
+            "content": "Checking.",
+            "tool_calls": [
+                {
+                    "id": "toolu_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "sunny"},
+        {"role": "user", "content": "and tomorrow?"},
+    ]
+
+
+def test_a_failed_tool_result_says_so_in_its_text():
+    block = {"type": "tool_result", "tool_use_id": "t", "content": "no such file", "is_error": True}
+    request = dialect.parse_request(base_body(messages=[{"role": "user", "content": [block]}]))
+    assert request.messages == [
+        {"role": "tool", "tool_call_id": "t", "content": "[tool error] no such file"}
+    ]
+
+
+def test_tools_and_tool_choice_map_to_openai_and_server_tools_are_dropped():
+    tools = [
+        {"name": "Read", "description": "read a file", "input_schema": {"type": "object"}},
+        {"type": "custom", "name": "Bash", "input_schema": {"type": "object", "properties": {}}},
+        {"type": "web_search_20250305", "name": "web_search", "max_uses": 3},
+    ]
+    request = dialect.parse_request(
+        base_body(
+            tools=tools,
+            tool_choice={"type": "tool", "name": "Read", "disable_parallel_tool_use": True},
+        )
+    )
+    assert request.tools == [
+        {
+            "type": "function",
+            "function": {
+                "name": "Read",
+                "parameters": {"type": "object"},
+                "description": "read a file",
+            },
+        },
+        {
+            "type": "function",
+            "function": {"name": "Bash", "parameters": {"type": "object", "properties": {}}},
+        },
+    ]
+    assert request.tool_choice == {"type": "function", "function": {"name": "Read"}}
+    assert request.options == {"parallel_tool_calls": False}
+
+
+@pytest.mark.parametrize(
+    ("choice", "expected"), [("auto", "auto"), ("any", "required"), ("none", "none")]
+)
+def test_tool_choice_types(choice, expected):
+    body = base_body(tools=[{"name": "t", "input_schema": {}}], tool_choice={"type": choice})
+    assert dialect.parse_request(body).tool_choice == expected
+
+
+def test_only_server_tools_means_no_tools_and_no_tool_choice():
+    body = base_body(
+        tools=[{"type": "web_search_20250305", "name": "web_search"}], tool_choice={"type": "any"}
+    )
+    request = dialect.parse_request(body)
+    assert request.tools is None and request.tool_choice is None
+
+
+def test_what_claude_code_sends_beside_the_chat_is_accepted_and_kept_native():
+    body = base_body(
+        stream=True,
+        thinking={"type": "enabled", "budget_tokens": 2048},
+        metadata={"user_id": "u"},
+        context_management={"edits": []},
+        output_config={"effort": "high"},
+        service_tier="auto",
+    )
+    request = dialect.parse_request(body)
+    assert request.stream is True
+    # Not forwarded to other wires: Ollama answers 400 to `think` on a model without it.
+    assert request.options == {}
+    assert request.native["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+
+
+def test_a_request_the_sdk_builds_parses():
+    body = sdk_body(
+        lambda c: c.messages.create(
+            model=MODEL,
+            max_tokens=32,
+            system=[{"type": "text", "text": "sys", "cache_control": {"type": "ephemeral"}}],
+            messages=[{"role": "user", "content": [{"type": "text", "text": "hello"}]}],
+            tools=[{"name": "Read", "input_schema": {"type": "object"}}],
+            tool_choice={"type": "auto"},
+            thinking={"type": "enabled", "budget_tokens": 1024},
+        )
+    )
+    request = dialect.parse_request(body)
+    assert request.messages == [
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": "hello"},
+    ]
+    assert request.tool_choice == "auto"
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"max_tokens": None}, "max_tokens is required"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": True}, "max_tokens"),
+        ({"model": ""}, "model"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "bot", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "user", "content": 3}]}, "messages[0].content"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "video"}]}]},
+            "messages[0].content[0].type",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "tool_use", "id": "a", "name": "b"}]}
+                ]
+            },
+            "tool_use",
+        ),
+        ({"messages": [{"role": "system", "content": "only"}]}, "messages must hold"),
+        ({"system": 5}, "system"),
+        ({"system": [{"type": "image"}]}, "system[0]"),
+        ({"stream": "yes"}, "stream"),
+        ({"stop_sequences": "END"}, "stop_sequences"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"top_k": 1.5}, "top_k"),
+        ({"tools": {"name": "x"}}, "tools"),
+        ({"tools": [{"name": "x"}]}, "tools[0].input_schema"),
+        ({"tool_choice": "auto"}, "tool_choice"),
+        ({"tool_choice": {"type": "sometimes"}}, "tool_choice.type"),
+        ({"thinking": True}, "thinking"),
+    ],
+)
+def test_malformed_requests_name_the_field(change, named):
+    body = {key: value for key, value in {**base_body(), **change}.items() if value is not None}
+    with pytest.raises(BadRequest) as caught:
+        dialect.parse_request(body)
+    assert named in caught.value.message
+
+
+def test_a_body_that_is_not_an_object_is_refused():
+    with pytest.raises(BadRequest, match="JSON object"):
+        dialect.parse_request(["model"])
+
+
+def test_count_tokens_is_json_bytes_over_four_rounded_up():
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "x" * 100}], "max_tokens": 1}
+    counted = json.dumps({"messages": body["messages"]}, separators=(",", ":"))
+    assert dialect.count_tokens(body) == -(-len(counted) // 4)
+    bigger = {**body, "system": "s" * 400}
+    assert dialect.count_tokens(bigger) >= dialect.count_tokens(body) + 100
+
+
+# -- whole answers --------------------------------------------------------------------
+
+
+def test_a_reply_renders_as_a_message_the_sdk_reads():
+    reply = Reply(
+        content="Let me look.",
+        thinking="The user wants a file.",
+        tool_calls=[ToolCall(id="call_1", name="Read", arguments='{"path": "a.txt"}')],
+        finish_reason="tool_calls",
+        usage=Usage(prompt_tokens=12, completion_tokens=7),
+    )
+    body = dialect.render_reply(reply, MODEL)
+    message = sdk_answering(200, json.dumps(body).encode()).messages.create(
+        model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "x"}]
+    )
+    assert message.id.startswith("msg_") and message.model == MODEL
+    assert [block.type for block in message.content] == ["thinking", "text", "tool_use"]
+    assert message.content[0].thinking == "The user wants a file."
+    assert message.content[1].text == "Let me look."
+    assert (message.content[2].id, message.content[2].name) == ("call_1", "Read")
+    assert message.content[2].input == {"path": "a.txt"}
+    assert message.stop_reason == "tool_use"
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (12, 7)
+
+
+@pytest.mark.parametrize(
+    ("finish", "calls", "expected"),
+    [
+        ("stop", False, "end_turn"),
+        (None, False, "end_turn"),
+        ("length", False, "max_tokens"),
+        ("content_filter", False, "refusal"),
+        ("stop", True, "tool_use"),  # Ollama says stop when it called tools
+        ("tool_calls", True, "tool_use"),
+        ("length", True, "max_tokens"),
+    ],
+)
+def test_stop_reasons(finish, calls, expected):
+    tool_calls = [ToolCall(id="c", name="t", arguments="{}")] if calls else []
+    reply = Reply(content="x", finish_reason=finish, tool_calls=tool_calls)
+    assert dialect.render_reply(reply, MODEL)["stop_reason"] == expected
+
+
+def test_tool_arguments_that_are_not_a_json_object_are_handed_on_as_text():
+    reply = Reply(
+        tool_calls=[
+            ToolCall(id="c", name="t", arguments="{broken"),
+            ToolCall(id="d", name="u", arguments=""),
+        ]
+    )
+    content = dialect.render_reply(reply, MODEL)["content"]
+    assert [block["input"] for block in content] == [{"arguments": "{broken"}, {}]
+
+
+# -- streams ----------------------------------------------------------------------------
+
+
+def test_a_text_stream_is_anthropics_event_sequence():
+    events = [
+        Event(content="Hel"),
+        Event(content="lo"),
+        Event(finish_reason="stop"),
+        Event(usage=Usage(9, 2)),
+    ]
+    message, kinds, raw = streamed(events)
+    assert message.content[0].text == "Hello"
+    assert message.stop_reason == "end_turn"
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (9, 2)
+    names = [
+        line[len(b"event: ") :].decode() for line in raw.split(b"\n") if line.startswith(b"event: ")
+    ]
+    assert names == [
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    # Each event's data names the same type as its event line.
+    datas = [json.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: ")]
+    assert [d["type"] for d in datas] == names
+    assert "text" in kinds
+
+
+def test_thinking_text_and_tool_calls_open_and_close_blocks_in_order():
+    events = [
+        Event(thinking="Think"),
+        Event(thinking="ing."),
+        Event(content="I'll read it."),
+        Event(tool_calls=[ToolCallDelta(index=0, id="call_a", name="Read", arguments="")]),
+        Event(tool_calls=[ToolCallDelta(index=0, arguments='{"path":')]),
+        Event(tool_calls=[ToolCallDelta(index=0, arguments='"a.txt"}')]),
+        Event(
+            tool_calls=[
+                ToolCallDelta(index=1, id="call_b", name="Bash", arguments='{"command":"ls"}')
+            ]
+        ),
+        Event(finish_reason="tool_calls", usage=Usage(30, 12)),
+    ]
+    message, _, raw = streamed(events)
+    assert [block.type for block in message.content] == ["thinking", "text", "tool_use", "tool_use"]
+    assert message.content[0].thinking == "Thinking."
+    assert message.content[1].text == "I'll read it."
+    assert (message.content[2].id, message.content[2].name, message.content[2].input) == (
+        "call_a",
+        "Read",
+        {"path": "a.txt"},
+    )
+    assert (message.content[3].name, message.content[3].input) == ("Bash", {"command": "ls"})
+    assert message.stop_reason == "tool_use"
+    starts = [json.loads(line[6:]) for line in raw.split(b"\n") if b'"content_block_start"' in line]
+    stops = [json.loads(line[6:]) for line in raw.split(b"\n") if b'"content_block_stop"' in line]
+    assert [s["index"] for s in starts] == [0, 1, 2, 3] == [s["index"] for s in stops]
+
+
+def test_whole_tool_calls_as_ollama_streams_them_end_in_tool_use():
+    events = [
+        Event(tool_calls=[ToolCallDelta(index=0, id="c1", name="Read", arguments='{"path":"x"}')]),
+        Event(finish_reason="stop", usage=Usage(5, 1)),
+    ]
+    message, _, _ = streamed(events)
+    assert message.content[0].input == {"path": "x"} and message.stop_reason == "tool_use"
+
+
+def test_an_empty_stream_is_one_empty_text_block():
+    message, _, _ = streamed([Event(finish_reason="length")])
+    assert [(b.type, b.text) for b in message.content] == [("text", "")]
+    assert message.stop_reason == "max_tokens"
+
+
+def test_a_stream_failure_propagates_for_the_caller_to_render():
+    def failing():
+        yield Event(content="partial")
+        raise UpstreamError("the model crashed")
+
+    rendered = dialect.render_stream(failing(), MODEL)
+    with pytest.raises(UpstreamError):
+        list(rendered)
+
+
+def test_the_in_band_error_is_an_error_event_the_sdk_raises():
+    raw = b"".join(dialect.render_stream(iter([Event(content="part")]), MODEL)).split(
+        b"event: content_block_stop"
+    )[0]
+    raw += dialect.error_event(UpstreamError("the model crashed", provider="ollama"), "req-1")
+    client = sdk_answering(200, raw, "text/event-stream")
+    with pytest.raises(anthropic.APIStatusError) as caught:  # noqa: PT012
+        with client.messages.stream(
+            model=MODEL, max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        ) as s:
+            s.get_final_message()
+    assert caught.value.body["error"]["type"] == "api_error"
+    assert "the model crashed" in caught.value.body["error"]["message"]
+    assert b"message_stop" not in raw
+
+
+# -- errors -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "kind", "sdk_error"),
+    [
+        (
+            BadRequest("max_tokens is required"),
+            400,
+            "invalid_request_error",
+            anthropic.BadRequestError,
+        ),
+        (ProviderNotFound("no provider x"), 404, "not_found_error", anthropic.NotFoundError),
+        (UpstreamError("bad gateway"), 502, "api_error", anthropic.InternalServerError),
+        (UpstreamTimeout("slow"), 504, "api_error", anthropic.InternalServerError),
+    ],
+)
+def test_errors_render_in_anthropics_envelope(error, status, kind, sdk_error):
+    body = dialect.render_error(error, "req-9")
+    assert body["type"] == "error" and body["request_id"] == "req-9"
+    assert (body["error"]["type"], body["error"]["message"]) == (kind, error.message)
+    client = sdk_answering(status, json.dumps(body).encode())
+    with pytest.raises(sdk_error) as caught:
+        client.messages.create(
+            model=MODEL, max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
+    assert caught.value.body["error"]["type"] == kind
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (401, "authentication_error"),
+        (403, "permission_error"),
+        (405, "invalid_request_error"),
+        (413, "request_too_large"),
+        (429, "rate_limit_error"),
+        (500, "api_error"),
+        (503, "overloaded_error"),
+    ],
+)
+def test_error_types_by_status(status, kind):
+    assert dialect.error_type(status) == kind
