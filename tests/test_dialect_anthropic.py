@@ -524,3 +524,116 @@ def test_errors_render_in_anthropics_envelope(error, status, kind, sdk_error):
 )
 def test_error_types_by_status(status, kind):
     assert dialect.error_type(status) == kind
+
+
+# -- the routes, through the Flask client ------------------------------------------------
+
+
+def test_a_missing_max_tokens_is_a_400_in_anthropics_envelope(client):
+    body = base_body()
+    del body["max_tokens"]
+    response = client.post("/v1/messages?beta=true", json=body)
+    assert response.status_code == 400
+    error = response.get_json()
+    assert error["type"] == "error" and error["request_id"] == response.headers["X-Request-ID"]
+    assert error["error"] == {"type": "invalid_request_error", "message": "max_tokens is required"}
+
+
+def test_an_unregistered_provider_is_a_404_not_found_error(make_app):
+    response = (
+        make_app(environ={}).test_client().post("/v1/messages", json=base_body(model="kimi/k2"))
+    )
+    assert response.status_code == 404
+    error = response.get_json()["error"]
+    assert error["type"] == "not_found_error" and "KIMI_API_KEY" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "kind"),
+    [
+        ("get", "/v1/messages", 405, "invalid_request_error"),
+        ("post", "/v1/messages/batches", 404, "not_found_error"),
+    ],
+)
+def test_werkzeug_errors_under_v1_messages_use_anthropics_envelope(
+    client, method, path, status, kind
+):
+    response = getattr(client, method)(path)
+    assert response.status_code == status
+    assert response.get_json()["error"]["type"] == kind
+
+
+def test_other_routes_keep_chatds_envelope(client):
+    response = client.post("/v1/messagesx", json={})
+    assert response.status_code == 404
+    assert response.get_json()["error"]["type"] == "not_found"
+    response = client.post("/chat", json={})
+    assert response.get_json()["error"]["code"] == "invalid_request"
+
+
+def test_too_large_a_body_is_413_request_too_large(make_app):
+    client = make_app(max_request_bytes=1024).test_client()
+    response = client.post("/v1/messages", json=base_body(system="x" * 2000))
+    assert response.status_code == 413
+    assert response.get_json()["error"]["type"] == "request_too_large"
+
+
+def test_invalid_json_is_a_400_in_anthropics_envelope(client):
+    response = client.post("/v1/messages", data=b"{nope", content_type="application/json")
+    assert response.status_code == 400
+    assert response.get_json()["error"]["type"] == "invalid_request_error"
+
+
+def test_count_tokens_answers_an_estimate(client):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "y" * 400}]}
+    response = client.post("/v1/messages/count_tokens", json=body)
+    assert response.status_code == 200
+    assert response.get_json() == {"input_tokens": dialect.count_tokens(body)}
+    assert response.get_json()["input_tokens"] > 100
+    bad = client.post("/v1/messages/count_tokens", json={"model": MODEL})
+    assert bad.status_code == 400 and "messages" in bad.get_json()["error"]["message"]
+
+
+@pytest.mark.parametrize("method", ["head", "get"])
+def test_the_root_answers_claude_codes_warm_up(client, method):
+    assert getattr(client, method)("/").status_code == 200
+
+
+TOKEN = "anthropic-dialect-token-5e1"
+
+
+@pytest.fixture
+def guarded(make_app, environ):
+    from chatd.config import AuthSettings
+
+    environ = {**environ, "CHATD_TEST_TOKENS": TOKEN}
+    return make_app(environ=environ, auth=AuthSettings(token_env="CHATD_TEST_TOKENS")).test_client()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"x-api-key": TOKEN}, {"Authorization": f"Bearer {TOKEN}"}, {"X-Api-Key": f" {TOKEN} "}],
+)
+def test_x_api_key_is_accepted_as_well_as_bearer(guarded, headers):
+    # count_tokens touches no upstream: a 200 says the token was let through.
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}]}
+    assert guarded.post("/v1/messages/count_tokens", json=body, headers=headers).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"x-api-key": "wrong"},
+        {"x-api-key": ""},
+        {"Authorization": f"Basic {TOKEN}"},
+        # A Bearer header that is wrong is not rescued by a right x-api-key.
+        {"Authorization": "Bearer wrong", "x-api-key": TOKEN},
+    ],
+)
+def test_without_a_valid_token_it_is_401_authentication_error(guarded, headers):
+    response = guarded.post("/v1/messages", json=base_body(), headers=headers)
+    assert response.status_code == 401
+    assert response.get_json()["error"]["type"] == "authentication_error"
+    assert TOKEN not in response.get_data(as_text=True)
+    assert "x-api-key" in response.get_json()["error"]["message"]
