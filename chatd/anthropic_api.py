@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from flask import Blueprint, current_app, request
 
 from chatd import chat
-from chatd.dialects import anthropic
+from chatd.adapters.base import UpstreamStream
+from chatd.dialects import anthropic, presplit
 from chatd.errors import ChatdError
 from chatd.neutral import Event
 from chatd.observability import CallRecord
@@ -42,13 +43,14 @@ def create_message():
     if chat_request.stream:
         outcome = dispatcher.run(chat_request, chat.open_stream(chat_request), record)
         upstream = outcome.result
-        events = message_events(upstream, chat_request.model, record)
+        neutral = presplit.events(upstream, outcome.adapter, outcome.route.upstream_model)
+        events = message_events(upstream, neutral, chat_request.model, record)
         response = stream_response(events, upstream)
         response.headers.update(chat.fallback_headers(outcome))
         return response
     outcome = dispatcher.run(
         chat_request,
-        lambda adapter, route: adapter.reply(chat_request, route.upstream_model),
+        lambda adapter, route: presplit.reply(adapter, chat_request, route.upstream_model),
         record,
     )
     reply = outcome.result
@@ -56,12 +58,14 @@ def create_message():
     return anthropic.render_reply(reply, chat_request.model), 200, chat.fallback_headers(outcome)
 
 
-def message_events(upstream, model: str, record: CallRecord) -> Iterator[bytes]:
+def message_events(
+    upstream: UpstreamStream, neutral: Iterator[Event], model: str, record: CallRecord
+) -> Iterator[bytes]:
     """Anthropic's stream for ``upstream``; once it fails, an ``error`` event and no
     message_stop. The upstream is closed however it ends, the client leaving included."""
 
     def counted() -> Iterator[Event]:
-        for event in upstream:
+        for event in neutral:
             if event.usage is not None:
                 record.count_tokens(event.usage.as_dict())
             yield event
