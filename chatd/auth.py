@@ -1,6 +1,6 @@
 """chatd.auth ~~~ Inbound bearer tokens.
 
-With ``[auth]`` tokens set, every route but ``/health`` (and ``/metrics``
+With ``[auth]`` tokens set, every route but ``/health`` and ``/`` (and ``/metrics``
 unless ``protect_metrics = false``) needs ``Authorization: Bearer <token>``,
 or ``x-api-key: <token>`` as Anthropic's SDKs and Claude Code send it.
 Several tokens may be valid at once, so a token can be rotated without
@@ -16,7 +16,8 @@ from flask import request
 
 from chatd.errors import ChatdError
 
-OPEN_PATHS = frozenset({"/health"})
+# "/" too: Claude Code's warm-up HEAD / carries no key, and "/" tells nothing.
+OPEN_PATHS = frozenset({"/health", "/"})
 
 
 class Unauthorized(ChatdError):

@@ -637,3 +637,8 @@ def test_without_a_valid_token_it_is_401_authentication_error(guarded, headers):
     assert response.get_json()["error"]["type"] == "authentication_error"
     assert TOKEN not in response.get_data(as_text=True)
     assert "x-api-key" in response.get_json()["error"]["message"]
+
+
+@pytest.mark.parametrize("method", ["head", "get"])
+def test_the_root_needs_no_token_as_claude_codes_warm_up_sends_none(guarded, method):
+    assert getattr(guarded, method)("/").status_code == 200
