@@ -180,14 +180,14 @@ def _read_turn(i: int, message, into: list) -> None:
     # OpenAI wants each tool answer right after the call, before any new user text.
     into.extend(tool_turns)
     if role == "assistant":
-        text = "".join(part["text"] for part in parts)
+        text = "\n".join(part["text"] for part in parts)
         turn = {"role": "assistant", "content": text or (None if tool_calls else "")}
         if tool_calls:
             turn["tool_calls"] = tool_calls
         into.append(turn)
     elif parts or not tool_turns:
         if all(part["type"] == "text" for part in parts):
-            into.append({"role": "user", "content": "".join(p["text"] for p in parts)})
+            into.append({"role": "user", "content": "\n".join(p["text"] for p in parts)})
         else:
             into.append({"role": "user", "content": parts})
 
