@@ -16,6 +16,7 @@ import pytest
 from chatd.dialects import anthropic as dialect
 from chatd.errors import BadRequest, ProviderNotFound, UpstreamError, UpstreamTimeout
 from chatd.neutral import Event, Reply, ToolCall, ToolCallDelta, Usage
+from tests.fakes import FakeOllama, FakeOpenAI
 
 MODEL = "ollama/llama3.2"
 
@@ -642,3 +643,247 @@ def test_without_a_valid_token_it_is_401_authentication_error(guarded, headers):
 @pytest.mark.parametrize("method", ["head", "get"])
 def test_the_root_needs_no_token_as_claude_codes_warm_up_sends_none(guarded, method):
     assert getattr(guarded, method)("/").status_code == 200
+
+
+# -- live: chatd under gunicorn, driven by the anthropic SDK --------------------------------
+
+
+class Scripted:
+    """A fake that answers a first turn with ``first`` and a turn that follows a tool
+    result with ``after_tool``; each a dict of text, thinking and tool (name, input)."""
+
+    first: dict | None = None
+    after_tool: dict | None = None
+
+    def turn(self, body: dict) -> dict | None:
+        if self.first is None:
+            return None
+        return self.after_tool if body["messages"][-1]["role"] == "tool" else self.first
+
+
+class ScriptedOpenAI(Scripted, FakeOpenAI):
+    def chat_answer(self, body):
+        turn = self.turn(body)
+        answer = super().chat_answer(body)
+        if turn is not None:
+            message = {"role": "assistant", "content": turn.get("text", "")}
+            if turn.get("thinking"):
+                message["reasoning"] = turn["thinking"]
+            if turn.get("tool"):
+                name, arguments = turn["tool"]
+                message["tool_calls"] = [
+                    {
+                        "id": "call_7",
+                        "type": "function",
+                        "function": {"name": name, "arguments": json.dumps(arguments)},
+                    }
+                ]
+                answer["choices"][0]["finish_reason"] = "tool_calls"
+            answer["choices"][0]["message"] = message
+        return answer
+
+    def stream_events(self, body, pieces):
+        turn = self.turn(body)
+        if turn is None:
+            return super().stream_events(body, pieces)
+
+        def chunk(delta, finish=None, **extra):
+            data = {"id": "c", "object": "chat.completion.chunk", "model": body["model"], **extra}
+            data["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish}]
+            return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+        events = [chunk({"role": "assistant"})]
+        if turn.get("thinking"):
+            events.append(chunk({"reasoning": turn["thinking"]}))
+        if turn.get("text"):
+            events += [chunk({"content": piece}) for piece in (turn["text"][:3], turn["text"][3:])]
+        finish = "stop"
+        if turn.get("tool"):
+            name, arguments = turn["tool"]
+            text = json.dumps(arguments)
+            start = {
+                "index": 0,
+                "id": "call_7",
+                "type": "function",
+                "function": {"name": name, "arguments": ""},
+            }
+            events.append(chunk({"tool_calls": [start]}))
+            for piece in (text[:5], text[5:]):
+                events.append(
+                    chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+                )
+            finish = "tool_calls"
+        events.append(chunk({}, finish))
+        usage = {"prompt_tokens": 21, "completion_tokens": 4, "total_tokens": 25}
+        events.append(b"data: " + json.dumps({"choices": [], "usage": usage}).encode() + b"\n\n")
+        return [*events, b"data: [DONE]\n\n"]
+
+
+class ScriptedOllama(Scripted, FakeOllama):
+    def _message(self, turn: dict) -> dict:
+        message = {"role": "assistant", "content": turn.get("text", "")}
+        if turn.get("thinking"):
+            message["thinking"] = turn["thinking"]
+        if turn.get("tool"):
+            name, arguments = turn["tool"]
+            message["tool_calls"] = [{"function": {"name": name, "arguments": arguments}}]
+        return message
+
+    def chat_answer(self, body):
+        turn = self.turn(body)
+        answer = super().chat_answer(body)
+        if turn is not None:
+            answer["message"] = self._message(turn)
+        return answer
+
+    def stream_events(self, body, pieces):
+        turn = self.turn(body)
+        events = super().stream_events(body, pieces)
+        if turn is None:
+            return events
+        line = json.loads(events[0])
+        line["message"] = self._message(turn)
+        return [json.dumps(line).encode() + b"\n", events[-1]]
+
+
+LIVE_MODELS = {"ollama": "llama3.2", "openai": "openrouter/acme/coder-1"}
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    from tests.conftest import TEST_KEYS
+    from tests.live import clean_env, run_chatd, write_config
+
+    with (
+        ScriptedOllama("from local ollama") as ollama,
+        ScriptedOpenAI("from openrouter") as openrouter,
+    ):
+        config = write_config(
+            tmp_path_factory.mktemp("anthropic") / "chatd.toml",
+            timeout_secs=5.0,
+            threads=8,
+            ollama_url=ollama.url,
+            openrouter_url=openrouter.url + "/api/v1",
+        )
+        keys = {"OPENROUTER_API_KEY": TEST_KEYS["OPENROUTER_API_KEY"]}  # kimi stays unregistered
+        with run_chatd(config, clean_env(**keys)) as chatd:
+            chatd.fakes = {"ollama": ollama, "openai": openrouter}
+            yield chatd
+
+
+@pytest.fixture(params=sorted(LIVE_MODELS))
+def wire(request, live):
+    """Each live test runs against an Ollama-wire and an OpenAI-wire provider."""
+    fake = live.fakes[request.param]
+    fake.behave()
+    fake.first = fake.after_tool = None
+    yield request.param, LIVE_MODELS[request.param], fake
+    fake.behave()
+    fake.first = fake.after_tool = None
+
+
+def sdk(live) -> anthropic.Anthropic:
+    return anthropic.Anthropic(api_key="unused", base_url=live.url, max_retries=0, timeout=10)
+
+
+def ask(client, model, messages=None, **extra):
+    messages = messages or [{"role": "user", "content": "hi"}]
+    return client.messages.create(model=model, max_tokens=100, messages=messages, **extra)
+
+
+def ask_streamed(client, model, messages=None, **extra):
+    messages = messages or [{"role": "user", "content": "hi"}]
+    with client.messages.stream(model=model, max_tokens=100, messages=messages, **extra) as stream:
+        return stream.get_final_message()
+
+
+READ_TOOL = {
+    "name": "Read",
+    "description": "Read a file",
+    "input_schema": {
+        "type": "object",
+        "properties": {"path": {"type": "string"}},
+        "required": ["path"],
+    },
+}
+
+
+def test_live_create_answers_with_the_upstreams_text(live, wire):
+    name, model, fake = wire
+    message = ask(sdk(live), model)
+    assert message.content[0].text == fake.reply
+    assert message.model == model and message.stop_reason == "end_turn"
+    assert message.usage.input_tokens > 0
+
+
+def test_live_stream_answers_in_anthropics_events(live, wire):
+    name, model, fake = wire
+    message = ask_streamed(sdk(live), model)
+    assert message.content[0].text == "Hello there"
+    assert message.stop_reason == "end_turn" and message.usage.output_tokens > 0
+
+
+@pytest.mark.parametrize("call", [ask, ask_streamed])
+def test_live_tool_round_trip(live, wire, call):
+    name, model, fake = wire
+    fake.first = {"text": "", "tool": ("Read", {"path": "notes.txt"})}
+    fake.after_tool = {"text": "The notes say hello."}
+    client = sdk(live)
+    messages = [{"role": "user", "content": "what do my notes say?"}]
+    first = call(client, model, messages, tools=[READ_TOOL])
+    assert first.stop_reason == "tool_use"
+    tool_use = [block for block in first.content if block.type == "tool_use"][0]
+    assert (tool_use.name, tool_use.input) == ("Read", {"path": "notes.txt"})
+    messages += [
+        {
+            "role": "assistant",
+            "content": [block.model_dump(exclude_none=True) for block in first.content],
+        },
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": tool_use.id, "content": "hello"}],
+        },
+    ]
+    second = call(client, model, messages, tools=[READ_TOOL])
+    assert second.content[-1].text == "The notes say hello." and second.stop_reason == "end_turn"
+    sent = fake.chat_requests()[-1].json
+    assert sent["tools"][0]["function"]["name"] == "Read"
+    assert sent["messages"][-1]["role"] == "tool" and sent["messages"][-1]["content"] == "hello"
+
+
+def test_live_thinking_comes_back_as_a_thinking_block(live, wire):
+    name, model, fake = wire
+    fake.first = {"thinking": "Weighing it up.", "text": "Forty-two."}
+    message = ask_streamed(sdk(live), model, thinking={"type": "enabled", "budget_tokens": 1024})
+    assert [block.type for block in message.content] == ["thinking", "text"]
+    assert (
+        message.content[0].thinking == "Weighing it up." and message.content[1].text == "Forty-two."
+    )
+
+
+def test_live_a_cut_stream_ends_in_an_error_event(live, wire):
+    name, model, fake = wire
+    fake.behave(error_after=1)
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        ask_streamed(sdk(live), model)
+    assert "the model crashed" in caught.value.body["error"]["message"]
+
+
+def test_live_an_unregistered_provider_is_not_found(live):
+    with pytest.raises(anthropic.NotFoundError) as caught:
+        ask(sdk(live), "kimi/kimi-k2")
+    assert caught.value.body["error"]["type"] == "not_found_error"
+    assert "KIMI_API_KEY" in caught.value.body["error"]["message"]
+
+
+def test_live_a_missing_max_tokens_is_a_400(live):
+    import requests
+
+    response = requests.post(
+        live.url + "/v1/messages", json={"model": "llama3.2", "messages": []}, timeout=10
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "type": "invalid_request_error",
+        "message": "max_tokens is required",
+    }
