@@ -12,21 +12,12 @@ chatd. Errors under ``/v1/messages`` come in Anthropic's envelope
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
-
 from flask import Blueprint, current_app, request
 
 from chatd import chat
-from chatd.adapters.base import UpstreamStream
-from chatd.dialects import anthropic, presplit
-from chatd.errors import ChatdError
-from chatd.neutral import Event
-from chatd.observability import CallRecord
-from chatd.streaming import stream_response
+from chatd.dialects import anthropic
+from chatd.streaming import counted, stream_response
 from chatd.validation import parse_json
-
-log = logging.getLogger("chatd.anthropic_api")
 
 bp = Blueprint("anthropic", __name__)
 
@@ -43,43 +34,14 @@ def create_message():
     if chat_request.stream:
         outcome = dispatcher.run(chat_request, chat.open_stream(chat_request), record)
         upstream = outcome.result
-        neutral = presplit.events(upstream, outcome.adapter, outcome.route.upstream_model)
-        events = message_events(upstream, neutral, chat_request.model, record)
-        response = stream_response(events, upstream)
+        rendered = anthropic.render_stream(counted(upstream, record), chat_request.model)
+        response = stream_response(rendered, upstream, record, anthropic.render_stream_error)
         response.headers.update(chat.fallback_headers(outcome))
         return response
-    outcome = dispatcher.run(
-        chat_request,
-        lambda adapter, route: presplit.reply(adapter, chat_request, route.upstream_model),
-        record,
-    )
+    outcome = dispatcher.run(chat_request, chat.get_reply(chat_request), record)
     reply = outcome.result
     record.count_tokens(reply.usage.as_dict())
     return anthropic.render_reply(reply, chat_request.model), 200, chat.fallback_headers(outcome)
-
-
-def message_events(
-    upstream: UpstreamStream, neutral: Iterator[Event], model: str, record: CallRecord
-) -> Iterator[bytes]:
-    """Anthropic's stream for ``upstream``; once it fails, an ``error`` event and no
-    message_stop. The upstream is closed however it ends, the client leaving included."""
-
-    def counted() -> Iterator[Event]:
-        for event in neutral:
-            if event.usage is not None:
-                record.count_tokens(event.usage.as_dict())
-            yield event
-
-    try:
-        yield from anthropic.render_stream(counted(), model)
-        record.stream_end = "done"
-    except ChatdError as e:
-        record.begin()  # the generator may run after the view returned
-        record.stream_end = f"error:{e.error_type}"
-        log.warning("stream from %s cut: %s", record.provider, e.message)
-        yield anthropic.error_event(e, record.request_id)
-    finally:
-        upstream.close()
 
 
 @bp.post(PREFIX + "/count_tokens")

@@ -533,3 +533,29 @@ def render_error(error: ChatdError, request_id: str = "") -> dict:
 def error_event(error: ChatdError, request_id: str = "") -> bytes:
     """The in-band error that ends a cut stream (no message_stop follows)."""
     return sse("error", render_error(error, request_id))
+
+
+# chatd's error types as Anthropic names them, for a stream cut after the 200
+# (chatd.streaming hands the dialect chatd's error body, not the status).
+CHATD_ERROR_TYPES = {
+    "invalid_request": "invalid_request_error",
+    "unauthorized": "authentication_error",
+    "provider_not_found": "not_found_error",
+    "rate_limited": "rate_limit_error",
+    "provider_disabled": "overloaded_error",
+    "provider_busy": "overloaded_error",
+    "overloaded": "overloaded_error",
+}
+
+
+def render_stream_error(body: dict) -> bytes:
+    """chatd's error body (from chatd.streaming.cut) as Anthropic's in-band error event."""
+    error = dict(body["error"])
+    chatd_type = error.pop("type", "")
+    error.pop("code", None)
+    request_id = error.pop("request_id", "")
+    error["type"] = CHATD_ERROR_TYPES.get(chatd_type, "api_error")
+    envelope = {"type": "error", "error": {"type": error.pop("type"), **error}}
+    if request_id:
+        envelope["request_id"] = request_id
+    return sse("error", envelope)
