@@ -1,7 +1,8 @@
 """chatd.auth ~~~ Inbound bearer tokens.
 
-With ``[auth]`` tokens set, every route but ``/health`` (and ``/metrics``
-unless ``protect_metrics = false``) needs ``Authorization: Bearer <token>``.
+With ``[auth]`` tokens set, every route but ``/health`` and ``/`` (and ``/metrics``
+unless ``protect_metrics = false``) needs ``Authorization: Bearer <token>``,
+or ``x-api-key: <token>`` as Anthropic's SDKs and Claude Code send it.
 Several tokens may be valid at once, so a token can be rotated without
 downtime. Comparison is constant-time against every token, and no token, good
 or bad, is ever logged or echoed.
@@ -15,7 +16,8 @@ from flask import request
 
 from chatd.errors import ChatdError
 
-OPEN_PATHS = frozenset({"/health"})
+# "/" too: Claude Code's warm-up HEAD / carries no key, and "/" tells nothing.
+OPEN_PATHS = frozenset({"/health", "/"})
 
 
 class Unauthorized(ChatdError):
@@ -38,14 +40,21 @@ class TokenCheck:
     def __call__(self) -> None:
         if request.path in self._open:
             return
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise Unauthorized("this chatd needs Authorization: Bearer <token>")
+        header = request.headers.get("Authorization")
+        if header is None and "x-api-key" in request.headers:
+            token = request.headers["x-api-key"]
+        else:
+            scheme, _, token = (header or "").partition(" ")
+            if scheme.lower() != "bearer":
+                token = ""
+        if not token.strip():
+            raise Unauthorized(
+                "this chatd needs Authorization: Bearer <token> or x-api-key: <token>"
+            )
         given = token.strip().encode()
         # Compare with every token, without stopping early, so timing tells nothing.
         matched = False
         for known in self._tokens:
             matched |= hmac.compare_digest(given, known)
         if not matched:
-            raise Unauthorized("the bearer token is not valid for this chatd")
+            raise Unauthorized("the token (Bearer or x-api-key) is not valid for this chatd")

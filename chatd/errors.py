@@ -3,7 +3,9 @@
 Each exception carries its own status and error type, so the table is the class
 tree itself; :func:`register_error_handlers` turns any of them, werkzeug's HTTP
 errors and anything unexpected into the same JSON body:
-``{"error": {"type": ..., "message": ...}}``.
+``{"error": {"type": ..., "message": ...}}``; a client dialect with an envelope
+of its own (Anthropic's, under ``/v1/messages``) gets its errors in that, with
+the same statuses.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Callable, Mapping
 
 from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -191,9 +194,20 @@ def trim(text: str, limit: int = MAX_UPSTREAM_TEXT) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+def _dialect_envelope(status: int, message: str, details: dict) -> dict | None:
+    """The error body in the envelope of the dialect that serves this path, if it has one."""
+    path = request.path
+    for prefix, render in current_app.extensions.get("error_envelopes", ()):
+        if path == prefix or path.startswith(prefix + "/"):
+            return render(status, message, current_request_id(), **details)
+    return None
+
+
 def error_response(error: ChatdError):
-    body = error.to_dict()
-    body["error"]["request_id"] = current_request_id()
+    body = _dialect_envelope(error.status_code, error.message, error.details)
+    if body is None:
+        body = error.to_dict()
+        body["error"]["request_id"] = current_request_id()
     response = jsonify(body)
     response.status_code = error.status_code
     response.headers.update(error.headers)
@@ -214,7 +228,7 @@ def _handle_http_exception(error: HTTPException):
         limit = current_app.config.get("MAX_CONTENT_LENGTH")
         message = f"request body is larger than max_request_bytes ({limit} bytes)"
     error_type = _HTTP_ERROR_TYPES.get(error.code, "http_error")
-    body = {
+    body = _dialect_envelope(error.code or 500, message, {}) or {
         "error": {
             "type": error_type,
             "message": message,
@@ -237,8 +251,13 @@ def _handle_unexpected(error: Exception):
     return error_response(ChatdError("internal error"))
 
 
-def register_error_handlers(app: Flask) -> None:
-    """Register the error table on the app (a blueprint cannot catch routing 404s)."""
+def register_error_handlers(app: Flask, envelopes: Mapping[str, Callable] | None = None) -> None:
+    """Register the error table on the app (a blueprint cannot catch routing 404s).
+
+    :param envelopes: path prefix -> ``render(status, message, request_id, **details)``
+        for the dialects that answer errors in their own envelope.
+    """
+    app.extensions["error_envelopes"] = tuple((envelopes or {}).items())
     app.register_error_handler(ChatdError, _handle_chatd_error)
     app.register_error_handler(HTTPException, _handle_http_exception)
     app.register_error_handler(Exception, _handle_unexpected)

@@ -1,0 +1,56 @@
+"""chatd.anthropic_api ~~~ Anthropic's Messages API on chatd's port.
+
+``POST /v1/messages`` takes Anthropic's request and answers in Anthropic's
+shape, streamed or whole, from whichever provider the model name routes to;
+``POST /v1/messages/count_tokens`` gives an estimate; ``HEAD /`` and ``GET /``
+answer 200, the warm-up Claude Code sends before its first turn. So the
+``anthropic`` SDKs and Claude Code work with ``ANTHROPIC_BASE_URL`` pointed at
+chatd. Errors under ``/v1/messages`` come in Anthropic's envelope
+(:mod:`chatd.errors` picks it by the path). Reading and rendering live in
+:mod:`chatd.dialects.anthropic`; the views only wire them to the dispatcher.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, request
+
+from chatd import chat
+from chatd.dialects import anthropic
+from chatd.streaming import counted, stream_response
+from chatd.validation import parse_json
+
+bp = Blueprint("anthropic", __name__)
+
+#: Where Anthropic's error envelope is used (registered in chatd.app).
+PREFIX = "/v1/messages"
+
+
+@bp.post(PREFIX)
+def create_message():
+    """Answer an Anthropic Messages request, streamed or whole."""
+    dispatcher = current_app.extensions["chatd"].dispatcher
+    record = request.record
+    chat_request = anthropic.parse_request(parse_json(chat.read_body()))
+    if chat_request.stream:
+        outcome = dispatcher.run(chat_request, chat.open_stream(chat_request), record)
+        upstream = outcome.result
+        rendered = anthropic.render_stream(counted(upstream, record), chat_request.model)
+        response = stream_response(rendered, upstream, record, anthropic.render_stream_error)
+        response.headers.update(chat.fallback_headers(outcome))
+        return response
+    outcome = dispatcher.run(chat_request, chat.get_reply(chat_request), record)
+    reply = outcome.result
+    record.count_tokens(reply.usage.as_dict())
+    return anthropic.render_reply(reply, chat_request.model), 200, chat.fallback_headers(outcome)
+
+
+@bp.post(PREFIX + "/count_tokens")
+def count_tokens():
+    """Estimate the input tokens of a Messages request (see the README: not a tokenizer)."""
+    return {"input_tokens": anthropic.count_tokens(parse_json(chat.read_body()))}
+
+
+@bp.route("/", methods=["GET", "HEAD"])
+def root():
+    """Answer Claude Code's warm-up request (``HEAD /``) and say what this is."""
+    return {"service": "chatd", "apis": ["/chat", "/v1", PREFIX]}
