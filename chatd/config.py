@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ log = logging.getLogger("chatd.config")
 DEFAULT_CONFIG_PATH = "config/chatd.toml"
 MIB = 1024 * 1024
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# chatd's own retries per call; see _check_policy.
+MAX_RETRIES = 2
 
 
 class ConfigError(Exception):
@@ -169,6 +172,8 @@ def _check_type(name: str, value, where: str):
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: {name} must be a number")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: {name} must be a finite number, got {value}")
         return float(value)
     if isinstance(default, int):
         if isinstance(value, bool) or not isinstance(value, int):
@@ -186,11 +191,14 @@ def _from_env(name: str, raw: str, where: str):
         return tuple(v.strip() for v in raw.split(",") if v.strip())
     try:
         if isinstance(default, float):
-            return float(raw)
+            value = float(raw)
+            if not math.isfinite(value):
+                raise ValueError(raw)
+            return value
         if isinstance(default, int):
             return int(raw)
     except ValueError:
-        raise ConfigError(f"{where}: {name} must be a number, got {raw!r}") from None
+        raise ConfigError(f"{where}: {name} must be a finite number, got {raw!r}") from None
     return raw
 
 
@@ -219,6 +227,11 @@ def _check_policy(values: Mapping, where: str) -> None:
             raise ConfigError(f"{where}: {name} must not be negative")
     if "cooldown_failures" in values and values["cooldown_failures"] < 1:
         raise ConfigError(f"{where}: cooldown_failures must be at least 1")
+    # With an OpenAI SDK's 2 retries on top, one client call costs at most
+    # 1 + MAX_RETRIES upstream calls: chatd answers x-should-retry: false once it
+    # retried (README, "Retries and the client's retries").
+    if "retries" in values and values["retries"] > MAX_RETRIES:
+        raise ConfigError(f"{where}: retries must be at most {MAX_RETRIES}")
 
 
 def _parse_providers(table, where: str) -> dict[str, dict]:
@@ -241,6 +254,9 @@ def _parse_providers(table, where: str) -> dict[str, dict]:
 
 
 def _parse_aliases(table, where: str) -> dict[str, tuple[str, ...]]:
+    from chatd.errors import BadRequest  # here: chatd.errors needs flask, config does not
+    from chatd.routing import resolve_model
+
     place = f"{where}: [chatd.aliases]"
     if not isinstance(table, dict):
         raise ConfigError(f"{place} must be a table")
@@ -254,6 +270,12 @@ def _parse_aliases(table, where: str) -> dict[str, tuple[str, ...]]:
             raise ConfigError(f"{place}: {alias} must be a non-empty list of model names")
         if alias in models:
             raise ConfigError(f"{place}: {alias} must not list itself")
+        for model in models:
+            # Checked now, not when a call first reaches it (a 400 after upstream calls).
+            try:
+                resolve_model(model)
+            except BadRequest as e:
+                raise ConfigError(f"{place}: {alias}: {e.message}") from None
         aliases[alias] = tuple(models)
     return aliases
 
