@@ -35,7 +35,9 @@ def chat_completions():
         return response
     outcome = dispatcher.run(
         chat_request,
-        lambda adapter, route: adapter.complete(chat_request, route.upstream_model),
+        lambda adapter, route, deadline: adapter.complete(
+            chat_request, route.upstream_model, deadline
+        ),
         record,
     )
     body = outcome.adapter.translate(outcome.adapter.openai_response, outcome.result, outcome.model)
