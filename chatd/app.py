@@ -61,11 +61,17 @@ class Chatd:
     metrics: Metrics
 
 
-def create_app(settings: Settings | None = None, *, environ: Mapping[str, str] | None = None):
+def create_app(
+    settings: Settings | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    tokens: tuple[str, ...] | None = None,
+):
     """Create and configure an instance of chatd.
 
     :param settings: the settings to use; loaded from ``$CHATD_CONFIG`` when None.
     :param environ: where provider keys and tokens are looked up; ``os.environ`` when None.
+    :param tokens: inbound tokens already read (by gunicorn's master); read here when None.
     """
     environ = os.environ if environ is None else environ
     if settings is None:
@@ -86,7 +92,8 @@ def create_app(settings: Settings | None = None, *, environ: Mapping[str, str] |
         app.wsgi_app = ProxyFix(
             app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies
         )
-    tokens = read_tokens(settings.auth, environ)
+    if tokens is None:
+        tokens = read_tokens(settings.auth, environ)
     if tokens:
         app.before_request(TokenCheck(tokens, settings.auth.protect_metrics))
     else:
