@@ -90,7 +90,8 @@ class FakeUpstream:
         size), drip_head (interval), reset, invalid_json, big (size), sequence
         (steps: one mode and its options per call); ``times=N`` misbehaves N
         times, then answers normally; ``before=S`` waits S seconds first.
-        Streaming calls in mode ok send ``pieces`` (a list of strings) ``interval`` seconds apart; ``cut_after``
+        Streaming calls in mode ok send ``pieces`` (a list of strings)
+        ``interval`` seconds apart; ``cut_after``
         N pieces drops the connection, ``error_after`` N pieces sends an in-band
         error, ``stall_after`` N pieces goes quiet for ``stall`` seconds,
         ``first_delay`` waits that long between the head and the first piece.
