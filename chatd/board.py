@@ -23,6 +23,7 @@ outlier detection does.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import mmap
 import os
@@ -56,6 +57,7 @@ class Entry:
     reason: str
 
 
+@functools.lru_cache(maxsize=4096)  # bounded: model names come from clients
 def _key_bytes(key: str) -> bytes:
     raw = key.encode()
     if len(raw) > _KEY_BYTES:  # a long model name: keep the provider, hash the rest
@@ -119,6 +121,11 @@ class Board:
         return Entry(
             failures, open_until, trial_until, reason.rstrip(b"\0").decode("utf-8", "replace")
         )
+
+    def clear_of(self, *keys: str) -> bool:
+        """Whether none of ``keys`` has state: the hot path's one check."""
+        index = self._current_index()
+        return not index or not any(_key_bytes(key) in index for key in keys)
 
     def get(self, key: str) -> Entry | None:
         """The state of ``key``, or None when it has none (it never failed, or recovered)."""

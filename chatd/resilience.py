@@ -115,8 +115,11 @@ class Cooldowns:
 
     def before_call(self, provider: str, model: str, trial_secs: float) -> list[str]:
         """Raise ProviderCooling unless a call may go out now; return the trials it claimed."""
+        model_key = self.model_key(provider, model)
+        if self.board.clear_of(provider, model_key):
+            return []
         claimed = []
-        for key in (provider, self.model_key(provider, model)):
+        for key in (provider, model_key):
             entry = self.board.get(key)
             if entry is None or not entry.open_until:
                 continue  # never cooled: maybe counting failures, still open
@@ -135,8 +138,11 @@ class Cooldowns:
             self.board.release_trial(key)
 
     def success(self, provider: str, model: str) -> None:
+        model_key = self.model_key(provider, model)
+        if self.board.clear_of(provider, model_key):
+            return
         self.board.record_success(provider)
-        self.board.record_success(self.model_key(provider, model))
+        self.board.record_success(model_key)
 
     def failure(self, provider: str, model: str, scope: str | None, policy: Policy, reason: str):
         """Count a failed attempt against what ``scope`` says failed (None: nothing)."""
