@@ -11,32 +11,29 @@ Run with `chatd --config PATH`, or `CHATD_CONFIG=PATH gunicorn -c gunicorn.conf.
 
 import os
 import shutil
+import sys
 import tempfile
 
-from chatd.config import (
-    ConfigError,
-    check_exposure,
-    check_keys,
-    effective_tokens,
-    is_loopback,
-    load_settings,
-)
+from chatd import serving
+from chatd.board import share_board
+from chatd.config import ConfigError, check_exposure, is_loopback
 
+# In the master, at start and on every SIGHUP. A config that fails any check
+# (settings, tokens, exposure for the binds in use) stops a start, but on a
+# reload it is refused and logged and the last good one keeps serving: the
+# new workers are built from serving.current, not from the files.
 try:
-    _settings = load_settings()
-    # A malformed key fails here, in one line naming its env var, not in each
-    # worker's boot with a traceback that would print it.
-    check_keys(_settings, os.environ)
+    _serving, _refused = serving.accept(os.environ)
 except ConfigError as e:
     # One clear line rather than gunicorn's "Failed to read config file" traceback.
     raise SystemExit(f"chatd: {e}") from None
-
-# Metrics: every worker writes its values under one directory that /metrics
-# sums (prometheus_client's multiprocess mode). Set before any worker starts,
-# and kept across SIGHUP reloads (this file runs again, the env stays).
-if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="chatd-metrics-")
-    os.environ["CHATD_OWNED_METRICS_DIR"] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+if _refused:
+    print(
+        f"chatd: reload refused, still serving the config loaded before: {_refused}",
+        file=sys.stderr,
+        flush=True,
+    )
+_settings = _serving.settings
 
 wsgi_app = "chatd.wsgi:app"
 
@@ -127,10 +124,15 @@ loglevel = _settings.log_level
 proc_name = "chatd"
 
 #
-# Server hooks
+# Server hooks (all run in the master)
 #
 #   on_starting - Before any socket is bound: refuse to serve beyond loopback
-#       without [auth] tokens, whatever --bind said on the command line.
+#       without [auth] tokens, whatever --bind said on the command line. Then
+#       make the cooldown board the workers share and the metrics directory.
+#
+#   pre_fork - Before each worker: recreate the metrics directory if it
+#       vanished (a tmp cleaner, a stray rm): a worker cannot boot without it,
+#       and a worker that cannot boot makes gunicorn's master exit.
 #
 #   post_worker_init - The same check again in every worker, against the app
 #       it built and the binds gunicorn really has (after a reload too): a
@@ -138,18 +140,35 @@ proc_name = "chatd"
 #
 #   child_exit - A worker's metric files stop counting as live when it exits.
 #
-#   on_exit - Remove the metrics directory this file made.
+#   on_exit - Remove the metrics directory this master made.
 
 
 def on_starting(server):
+    tokens = _serving.tokens
     try:
-        tokens = effective_tokens(_settings.auth, os.environ)
         check_exposure(server.cfg.bind, _settings.auth, tokens, "--bind")
     except ConfigError as e:
         raise SystemExit(f"chatd: {e}") from None
+    serving.binds[:] = list(server.cfg.bind)
     if not tokens:
         reach = "anyone who can reach it" if _settings.auth.allow_unauthenticated else "loopback"
         server.log.warning("chatd: no [auth] tokens; serving %s without authentication", reach)
+    share_board()
+    # Metrics: every worker writes its values under one directory that /metrics
+    # sums (prometheus_client's multiprocess mode). One of our own unless the
+    # operator set one; a master started by USR2 inherits the old master's
+    # variables, and makes its own (the old one removes its own on exit).
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not given or given == os.environ.get("CHATD_OWNED_METRICS_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="chatd-metrics-")
+        os.environ["CHATD_OWNED_METRICS_DIR"] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+
+def pre_fork(server, worker):
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory and not os.path.isdir(directory):
+        server.log.warning("chatd: metrics directory %s vanished; made it again", directory)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
 
 
 def post_worker_init(worker):

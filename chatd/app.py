@@ -64,11 +64,17 @@ class Chatd:
     metrics: Metrics
 
 
-def create_app(settings: Settings | None = None, *, environ: Mapping[str, str] | None = None):
+def create_app(
+    settings: Settings | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    tokens: tuple[str, ...] | None = None,
+):
     """Create and configure an instance of chatd.
 
     :param settings: the settings to use; loaded from ``$CHATD_CONFIG`` when None.
     :param environ: where provider keys and tokens are looked up; ``os.environ`` when None.
+    :param tokens: inbound tokens already read (by gunicorn's master); read here when None.
     """
     environ = os.environ if environ is None else environ
     if settings is None:
@@ -79,8 +85,10 @@ def create_app(settings: Settings | None = None, *, environ: Mapping[str, str] |
     app = ChatdFlask(__name__, static_folder=None)
     # Werkzeug refuses larger bodies with 413 before reading them (chat.read_body).
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
-    # Auth is decided once, before anything else is built, and fails closed.
-    tokens = effective_tokens(settings.auth, environ)
+    # Auth is decided once, before anything else is built, and fails closed
+    # (the master already decided when it hands its tokens over).
+    if tokens is None:
+        tokens = effective_tokens(settings.auth, environ)
     check_exposure([settings.bind], settings.auth, tokens, settings.source)
     metrics = Metrics()
     registry = build_registry(settings, environ)

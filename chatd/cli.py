@@ -95,7 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         print("chatd: no gunicorn.conf.py found; pass --gunicorn-config", file=sys.stderr)
         return 1
     os.environ["CHATD_CONFIG"] = os.path.abspath(settings.source)
-    argv = [sys.executable, "-m", "gunicorn", "-c", conf, *gunicorn_args]
+    # gunicorn's own script, not `-m gunicorn`: on USR2 the master re-executes
+    # its argv, and `python .../gunicorn/__main__.py` would put gunicorn's
+    # package directory first on sys.path (its `http` hides the stdlib's).
+    script = Path(sys.executable).parent / "gunicorn"
+    runner = [str(script)] if script.is_file() else ["-m", "gunicorn"]
+    argv = [sys.executable, *runner, "-c", conf, *gunicorn_args]
     os.execv(sys.executable, argv)
     return 0  # not reached
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -26,6 +27,7 @@ except ModuleNotFoundError:  # Python < 3.11
 
 from dotenv import dotenv_values
 
+from chatd.errors import BadRequest
 from chatd.providers import (
     AUTH_SCHEMES,
     KNOWN_PROVIDERS,
@@ -35,12 +37,15 @@ from chatd.providers import (
     ProviderSpec,
     declare,
 )
+from chatd.routing import Router
 
 log = logging.getLogger("chatd.config")
 
 DEFAULT_CONFIG_PATH = "config/chatd.toml"
 MIB = 1024 * 1024
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# chatd's own retries per call; see _check_policy.
+MAX_RETRIES = 2
 
 
 class ConfigError(Exception):
@@ -204,6 +209,8 @@ def _check_type(name: str, value, where: str):
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: {name} must be a number")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: {name} must be a finite number, got {value}")
         return float(value)
     if isinstance(default, int):
         if isinstance(value, bool) or not isinstance(value, int):
@@ -221,11 +228,14 @@ def _from_env(name: str, raw: str, where: str):
         return tuple(v.strip() for v in raw.split(",") if v.strip())
     try:
         if isinstance(default, float):
-            return float(raw)
+            value = float(raw)
+            if not math.isfinite(value):
+                raise ValueError(raw)
+            return value
         if isinstance(default, int):
             return int(raw)
     except ValueError:
-        raise ConfigError(f"{where}: {name} must be a number, got {raw!r}") from None
+        raise ConfigError(f"{where}: {name} must be a finite number, got {raw!r}") from None
     return raw
 
 
@@ -254,6 +264,11 @@ def _check_policy(values: Mapping, where: str) -> None:
             raise ConfigError(f"{where}: {name} must not be negative")
     if "cooldown_failures" in values and values["cooldown_failures"] < 1:
         raise ConfigError(f"{where}: cooldown_failures must be at least 1")
+    # With an OpenAI SDK's 2 retries on top, one client call costs at most
+    # 1 + MAX_RETRIES upstream calls: chatd answers x-should-retry: false once it
+    # retried (README, "Retries and the client's retries").
+    if "retries" in values and values["retries"] > MAX_RETRIES:
+        raise ConfigError(f"{where}: retries must be at most {MAX_RETRIES}")
 
 
 # A provider name: it also makes the default prefix "<name>/" and metric labels.
@@ -450,6 +465,16 @@ def _validate(settings: Settings, environ: Mapping[str, str]) -> None:
             raise ConfigError(
                 f"{where}: providers {other} and {spec.name} share the prefix {spec.model_prefix!r}"
             )
+    # Alias entries are resolved now, with every provider row (declared ones
+    # too), not when a call first reaches them (a 400 after upstream calls).
+    router = Router(specs.values())
+    for alias, models in settings.aliases.items():
+        for model in models:
+            try:
+                route = router.resolve(model)
+                specs[route.provider].wire_for(route.upstream_model)
+            except BadRequest as e:
+                raise ConfigError(f"{where}: [chatd.aliases]: {alias}: {e.message}") from None
     for provider in settings.disabled_providers:
         if provider not in specs:
             raise ConfigError(

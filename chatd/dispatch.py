@@ -3,6 +3,8 @@
 :meth:`Dispatcher.run` takes a request and an *attempt* (what to do with an
 adapter: a whole call, or opening a stream) and wraps it in, from the outside in:
 
+- one deadline per call, fixed at its arrival (:meth:`Dispatcher.deadline`)
+  and passed to every attempt: no retry, fallback or queue wait gets a new one;
 - admission: at most ``threads - RESERVED_THREADS`` calls at once in this
   worker, so /health and /chat/providers always find a thread;
 - fallbacks: the request's ``fallbacks`` (or an alias's list) tried in order
@@ -10,7 +12,9 @@ adapter: a whole call, or opening a stream) and wraps it in, from the outside in
   400, never after the first streamed byte (the attempt returns before it);
 - retries: a retryable failure is tried again after a backoff with jitter or
   the upstream's Retry-After, at most ``retries`` times, never past the deadline;
-- cooldown and in-flight limits per provider (:mod:`chatd.resilience`).
+  an answer after chatd retried says ``x-should-retry: false``;
+- cooldown per provider or model, shared by the workers, and in-flight limits
+  per provider (:mod:`chatd.resilience`).
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from chatd.adapters.base import ChatAdapter, UpstreamStream
+from chatd.board import Board, inherited_board
 from chatd.config import Settings
 from chatd.errors import (
     ChatdError,
@@ -36,7 +42,7 @@ from chatd.metrics import Metrics
 from chatd.neutral import ChatRequest
 from chatd.observability import CallRecord
 from chatd.registry import Registry
-from chatd.resilience import Bulkhead, CircuitBreaker, retry_delay
+from chatd.resilience import Bulkhead, Cooldowns, Deadline, retry_delay
 from chatd.routing import Route
 
 log = logging.getLogger("chatd.dispatch")
@@ -46,17 +52,20 @@ RESERVED_THREADS = 2
 # Failures after which the next candidate in a fallback list is tried.
 MOVE_ON = (ProviderNotFound, ProviderDisabled, ProviderCooling, ProviderBusy, UpstreamError)
 
-Attempt = Callable[[ChatAdapter, Route], object]
+# What to do with an adapter within the call's deadline: a whole call, or opening a stream.
+Attempt = Callable[[ChatAdapter, Route, Deadline], object]
 
 
 @dataclass
 class Outcome:
-    """What served a call: the attempt's result, the adapter and route, what was tried."""
+    """What served a call: the attempt's result, the adapter and route, what was tried,
+    and the upstream time of the attempt that served (no queueing, no retry sleeps)."""
 
     result: object
     adapter: ChatAdapter
     route: Route
     tried: list[str]
+    upstream_secs: float = 0.0
 
     @property
     def model(self) -> str:
@@ -67,28 +76,45 @@ class Dispatcher:
     def __init__(self, registry: Registry, settings: Settings, metrics: Metrics | None = None):
         self.registry = registry
         self.aliases = settings.aliases
-        self.breakers: dict[str, CircuitBreaker] = {}
+        self.settings = settings
         self.bulkheads: dict[str, Bulkhead] = {}
+        hosts = {}
         for name, adapter in registry.adapters.items():
             policy = adapter.policy
-            cooling = metrics.cooldown.labels(name) if metrics else None
             in_flight = metrics.in_flight.labels(name) if metrics else None
-            self.breakers[name] = CircuitBreaker(
-                name, policy.cooldown_failures, policy.cooldown, gauge=cooling
-            )
             self.bulkheads[name] = Bulkhead(
                 name, policy.max_in_flight, policy.queue_timeout, gauge=in_flight
             )
-            if cooling is not None:
-                cooling.set(0)
+            hosts[name] = urlsplit(adapter.base_url).netloc
+        self.cooldowns = Cooldowns(inherited_board() or Board(), hosts)
+        if metrics is not None:
+            metrics.watch_cooldowns(registry.names(), self.cooldowns.cooling_providers)
         self.capacity = max(1, settings.threads - RESERVED_THREADS)
         self._admission = threading.BoundedSemaphore(self.capacity)
+
+    def route(self, name: str) -> Route:
+        """Resolve ``name`` fully: its provider, its model id, and (for a provider
+        whose wire format depends on the model) a format chatd speaks.
+
+        :raises BadRequest: the name is malformed, or its model family is not spoken.
+        """
+        route = self.registry.router.resolve(name)
+        spec = self.registry.specs.get(route.provider)
+        if spec is not None and spec.wire_rules:
+            spec.wire_for(route.upstream_model)
+        return route
 
     def candidates(self, request: ChatRequest) -> list[str]:
         """The model names to try, in order: an alias's list, then the request's fallbacks."""
         names = list(self.aliases.get(request.model, (request.model,)))
         names.extend(request.fallbacks or ())
         return names
+
+    def deadline(self, request: ChatRequest, provider: str, arrival: float) -> Deadline:
+        """The call's one budget, from its arrival: timeout_secs for a whole answer,
+        first_token_timeout_secs to a stream's first event (the first candidate's values)."""
+        name = "first_token_timeout_secs" if request.stream else "timeout_secs"
+        return Deadline.after(arrival, name, float(self.settings.policy(provider, name)))
 
     def run(self, request: ChatRequest, attempt: Attempt, record: CallRecord) -> Outcome:
         """Serve ``request`` with ``attempt``; raise the last failure if nothing could.
@@ -97,78 +123,82 @@ class Dispatcher:
         """
         record.model = request.model
         request.request_id = record.request_id
+        # Every name is resolved before any upstream call: a bad fallback is a 400 now.
+        routes = [(name, self.route(name)) for name in self.candidates(request)]
         if not self._admission.acquire(blocking=False):
             raise Overloaded(
                 f"chatd has {self.capacity} upstream calls in flight in this worker",
                 headers={"Retry-After": "1"},
             )
         try:
-            outcome = self._run(request, attempt, record)
+            outcome = self._run(request, routes, attempt, record)
         except BaseException:
             self._admission.release()
             raise
         self._hold_until_done(outcome.result, self._admission.release)
         return outcome
 
-    def _run(self, request: ChatRequest, attempt: Attempt, record: CallRecord) -> Outcome:
-        names = self.candidates(request)
+    def _run(self, request, routes, attempt: Attempt, record: CallRecord) -> Outcome:
+        deadline = self.deadline(request, routes[0][1].provider, record.started)
         tried = record.tried
-        for name in names:
-            route = self.registry.router.resolve(name)
+        for name, route in routes:
             tried.append(name)
             record.provider = route.provider
             try:
                 adapter = self.registry.get(route.provider, route.upstream_model)
-                result = self._attempts(adapter, route, attempt, record)
-                return Outcome(result, adapter, route, tried)
+                result, secs = self._attempts(adapter, route, attempt, record, deadline)
+                return Outcome(result, adapter, route, tried, secs)
             except MOVE_ON as e:
-                if isinstance(e, UpstreamError) and e.request_rejected:
-                    raise
-                if len(tried) == len(names):
-                    if len(names) > 1:
+                last = len(tried) == len(routes)
+                out_of_time = not last and deadline.remaining() <= 0
+                if (isinstance(e, UpstreamError) and e.request_rejected) or last or out_of_time:
+                    if record.retries:
+                        # chatd already retried: a client's retries would multiply them.
+                        e.headers["x-should-retry"] = "false"
+                    if len(routes) > 1 and len(tried) > 1:
                         e.headers["X-Chatd-Fallbacks"] = ", ".join(tried)
                     raise
                 log.warning(
-                    "fallback: %s failed (%s); trying %s", name, e.message, names[len(tried)]
+                    "fallback: %s failed (%s); trying %s", name, e.message, routes[len(tried)][0]
                 )
         raise AssertionError("unreachable: there is always one candidate")
 
-    def _attempts(self, adapter: ChatAdapter, route: Route, attempt: Attempt, record: CallRecord):
+    def _attempts(
+        self, adapter: ChatAdapter, route: Route, attempt: Attempt, record: CallRecord, deadline
+    ):
         policy = adapter.policy
-        breaker = self.breakers[route.provider]
-        bulkhead = self.bulkheads[route.provider]
-        deadline = time.monotonic() + policy.timeout
+        provider, model = route.provider, route.upstream_model
+        cooldowns = self.cooldowns
+        bulkhead = self.bulkheads[provider]
         for n in range(policy.retries + 1):
-            breaker.before_call()
+            claimed = cooldowns.before_call(provider, model, max(0.0, deadline.remaining()))
             try:
-                bulkhead.acquire()
+                bulkhead.acquire(deadline)
             except ProviderBusy:
-                breaker.release_trial()
+                cooldowns.release(claimed)
                 raise
             started = time.monotonic()
             try:
-                result = attempt(adapter, route)
+                result = attempt(adapter, route, deadline)
             except UpstreamError as e:
-                record.upstream_secs += time.monotonic() - started
+                secs = time.monotonic() - started
+                record.upstream_secs += secs
                 bulkhead.release()
-                if e.is_provider_fault:
-                    breaker.record_failure()
-                else:
-                    breaker.record_success()  # it answered: it is up
+                cooldowns.failure(provider, model, e.scope, policy, e.message)
                 delay = retry_delay(n, e.retry_after)
                 if (
                     not e.retryable
                     or n == policy.retries
                     or delay > policy.retry_max_wait
-                    or time.monotonic() + delay >= deadline
+                    or time.monotonic() + delay >= deadline.at
                 ):
                     raise
                 log.warning(
                     "retry %d/%d of %s/%s in %.2f s after: %s",
                     n + 1,
                     policy.retries,
-                    route.provider,
-                    route.upstream_model,
+                    provider,
+                    model,
                     delay,
                     e.message,
                 )
@@ -177,16 +207,16 @@ class Dispatcher:
                 continue
             except BaseException:
                 bulkhead.release()
-                breaker.release_trial()
+                cooldowns.release(claimed)
                 raise
             now = time.monotonic()
             record.upstream_secs += now - started
             if isinstance(result, UpstreamStream):
                 record.stream = True
                 record.first_token_secs = now - record.started
-            breaker.record_success()
+            cooldowns.success(provider, model)
             self._hold_until_done(result, bulkhead.release)
-            return result
+            return result, now - started
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     @staticmethod
@@ -201,7 +231,7 @@ class Dispatcher:
         """Cooldown and in-flight state of provider ``name``, for /chat/providers."""
         bulkhead = self.bulkheads[name]
         state = {"in_flight": bulkhead.in_flight, "max_in_flight": bulkhead.limit}
-        cooling = self.breakers[name].state()
+        cooling = self.cooldowns.state(name)
         if cooling:
             state.update(cooling)
         return state

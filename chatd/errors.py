@@ -101,8 +101,10 @@ class Overloaded(ChatdError):
 class UpstreamError(ChatdError):
     """The upstream was unreachable, failed, or answered with something unusable.
 
-    ``retryable``: the same call may succeed soon (a retry, then a cooldown
-    count); ``retry_after``: seconds the upstream asked us to wait.
+    ``retryable``: the same call may succeed soon; ``retry_after``: seconds the
+    upstream asked us to wait; ``scope``: what a cooldown counts it against:
+    ``"provider"`` (it could not be reached), ``"model"`` (it answered badly: a
+    5xx, garbage, an error inside a 200), or None (a 429 or another 4xx).
     """
 
     status_code = 502
@@ -115,16 +117,13 @@ class UpstreamError(ChatdError):
         retryable: bool = False,
         retry_after: float | None = None,
         headers: dict | None = None,
+        scope: str | None = "model",
         **details,
     ):
         super().__init__(message, headers=headers, **details)
         self.retryable = retryable
         self.retry_after = retry_after
-
-    @property
-    def is_provider_fault(self) -> bool:
-        """Whether this failure says the provider is unwell (cooldown counts it)."""
-        return self.retryable or isinstance(self, UpstreamTimeout)
+        self.scope = scope
 
     @property
     def request_rejected(self) -> bool:

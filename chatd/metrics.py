@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -26,6 +27,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily
 
 MAX_MODELS = 100
 # Label values are cut to this length too, so a label cannot be large either.
@@ -80,13 +82,10 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=registry,
         )
-        self.cooldown = Gauge(
-            "chatd_provider_cooldown",
-            "1 while a provider cools down in some live worker",
-            ["provider"],
-            multiprocess_mode="livemax",
-            registry=registry,
-        )
+        # Cooling providers, read from the shared board at scrape time (set by the
+        # dispatcher), so a cooldown that ended shows 0 without waiting for a call.
+        self.cooling: Callable[[], set[str]] = set
+        self._providers: tuple[str, ...] = ()
         self._models: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self._children: dict[tuple, object] = {}
@@ -113,11 +112,40 @@ class Metrics:
             self._models.add(key)
         return model
 
+    def watch_cooldowns(self, providers, cooling: Callable[[], set[str]]) -> None:
+        """Report ``chatd_provider_cooldown`` for ``providers`` from ``cooling()``."""
+        self._providers = tuple(providers)
+        self.cooling = cooling
+
+    def collect(self):
+        """The cooldown gauge, computed now (this object is a collector)."""
+        gauge = GaugeMetricFamily(
+            "chatd_provider_cooldown",
+            "1 while a provider cools down (shared by the workers)",
+            labels=["provider"],
+        )
+        cooling = self.cooling()
+        for provider in self._providers:
+            gauge.add_metric([provider], 1.0 if provider in cooling else 0.0)
+        yield gauge
+
     def render(self) -> tuple[bytes, str]:
         """Return the exposition text, summed over every worker when under gunicorn."""
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
         else:
-            registry = self.registry
+            registry = CollectorRegistry()
+            registry.register(_Everything(self.registry))
+        registry.register(self)
         return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class _Everything:
+    """A collector of everything on another registry (to add the cooldown gauge to it)."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self._registry = registry
+
+    def collect(self):
+        return self._registry.collect()

@@ -48,9 +48,7 @@ def strip_cloud_suffix(model: str) -> str:
 def require_vendor(model: str) -> str:
     """OpenRouter names models ``<vendor>/<model>``; a bare name is a 400, not an upstream 400."""
     if "/" not in model.strip("/"):
-        raise BadRequest(
-            f"model: OpenRouter models are named openrouter/<vendor>/<model>, got {model!r}"
-        )
+        raise BadRequest("OpenRouter models are named openrouter/<vendor>/<model>")
     return model
 
 

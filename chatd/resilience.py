@@ -1,17 +1,20 @@
-"""chatd.resilience ~~~ Per-provider policy: timeouts, retries, cooldown, in-flight limits.
+"""chatd.resilience ~~~ The call's deadline, retries, cooldowns and in-flight limits.
 
-State here lives in one gunicorn worker process, like Envoy's outlier
-detection: each worker decides for itself, and nothing is shared between
-workers or instances.
+Cooldown state lives on the board shared by the workers of one chatd
+(:mod:`chatd.board`); in-flight limits are per worker process. Nothing is
+shared between replicas.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
+from chatd.board import Board
 from chatd.config import Settings
 from chatd.errors import ProviderBusy, ProviderCooling
 
@@ -62,74 +65,147 @@ def retry_delay(attempt: int, retry_after: float | None) -> float:
     return backoff * random.uniform(0.8, 1.2)
 
 
-class CircuitBreaker:
-    """Cool a provider down after ``failures`` retryable failures in a row.
+@dataclass(frozen=True)
+class Deadline:
+    """One call's time budget, fixed at its arrival and passed down to every attempt.
 
-    Open: calls fail fast until the cooldown ends. Then one trial call is let
-    through (half-open); its success closes the breaker, its failure opens it
-    again for another cooldown.
+    ``name`` and ``seconds`` say which setting set it, so a timeout names it.
     """
 
-    def __init__(self, provider: str, failures: int, cooldown: float, gauge=None):
-        self.provider = provider
-        self.failures = failures
-        self.cooldown = cooldown
-        # A metrics gauge set to 1 while open (anything with .set()).
-        self._gauge = gauge
-        self._lock = threading.Lock()
-        self._consecutive = 0
-        self._open_until = 0.0
-        self._trial = False
+    at: float  # time.monotonic()
+    name: str
+    seconds: float
 
-    def before_call(self) -> None:
-        """Raise ProviderCooling unless a call may go to the provider now."""
-        if not self._open_until:  # closed: the common case takes no lock
-            return
-        with self._lock:
+    @classmethod
+    def after(cls, start: float, name: str, seconds: float) -> Deadline:
+        return cls(start + seconds, name, seconds)
+
+    def remaining(self) -> float:
+        return self.at - time.monotonic()
+
+    def limit(self, seconds: float, name: str) -> tuple[float, str]:
+        """The shorter of a phase's own limit and what is left of the call, and its name."""
+        left = self.at - time.monotonic()
+        return (seconds, name) if seconds <= left else (max(left, 0.0), self.name)
+
+
+# What a failure cools down (UpstreamError.scope): the whole provider when it
+# could not be reached, one of its models when it answered badly, else nothing.
+PROVIDER = "provider"
+MODEL = "model"
+
+
+class Cooldowns:
+    """Cool a provider, or one of its models, down after failures in a row.
+
+    A key (a provider, or provider + model) with ``cooldown_failures`` failures
+    in a row fails fast until its cooldown ends. Then one trial call is let
+    through (one in all workers); its success clears the key, its failure opens
+    another cooldown. The counts live on the shared :class:`chatd.board.Board`.
+    """
+
+    def __init__(self, board: Board, hosts: dict[str, str]):
+        self.board = board
+        # provider -> host[:port] of its base URL, named in a cooling 503.
+        self.hosts = hosts
+
+    @staticmethod
+    def model_key(provider: str, model: str) -> str:
+        return f"{provider}\0{model}"
+
+    def before_call(self, provider: str, model: str, trial_secs: float) -> list[str]:
+        """Raise ProviderCooling unless a call may go out now; return the trials it claimed."""
+        model_key = self.model_key(provider, model)
+        if self.board.clear_of(provider, model_key):
+            return []
+        claimed = []
+        for key in (provider, model_key):
+            entry = self.board.get(key)
+            if entry is None or not entry.open_until:
+                continue  # never cooled: maybe counting failures, still open
             now = time.monotonic()
-            if not self._open_until:
-                return
-            if now < self._open_until or self._trial:
-                wait = max(1, round(self._open_until - now)) if now < self._open_until else 1
-                raise ProviderCooling(
-                    f"provider {self.provider!r} is cooling down after "
-                    f"{self.failures} failures in a row; retry in {wait} s",
-                    headers={"Retry-After": str(wait)},
-                    provider=self.provider,
-                )
-            self._trial = True  # this call is the one trial
+            if entry.open_until > now or entry.trial_until > now:
+                self.release(claimed)
+                raise self._cooling(provider, model, key, entry, now)
+            if not self.board.claim_trial(key, now + trial_secs):
+                self.release(claimed)
+                raise self._cooling(provider, model, key, self.board.get(key) or entry, now)
+            claimed.append(key)
+        return claimed
 
-    def release_trial(self) -> None:
-        """End a trial call that never reached the provider (it proved nothing)."""
-        if self._trial:
-            with self._lock:
-                self._trial = False
+    def release(self, claimed: list[str]) -> None:
+        for key in claimed:
+            self.board.release_trial(key)
 
-    def record_success(self) -> None:
-        if self._consecutive or self._open_until:
-            with self._lock:
-                self._consecutive = 0
-                if self._open_until and self._gauge is not None:
-                    self._gauge.set(0)
-                self._open_until = 0.0
-                self._trial = False
+    def success(self, provider: str, model: str) -> None:
+        model_key = self.model_key(provider, model)
+        if self.board.clear_of(provider, model_key):
+            return
+        self.board.record_success(provider)
+        self.board.record_success(model_key)
 
-    def record_failure(self) -> None:
-        with self._lock:
-            self._consecutive += 1
-            if self._trial or self._consecutive >= self.failures:
-                self._open_until = time.monotonic() + self.cooldown
-                self._trial = False
-                if self._gauge is not None:
-                    self._gauge.set(1)
+    def failure(self, provider: str, model: str, scope: str | None, policy: Policy, reason: str):
+        """Count a failed attempt against what ``scope`` says failed (None: nothing)."""
+        model_key = self.model_key(provider, model)
+        if scope == PROVIDER:
+            self.board.record_failure(provider, policy.cooldown_failures, policy.cooldown, reason)
+            self.board.release_trial(model_key)
+            return
+        self.board.record_success(provider)  # it answered: the provider is up
+        if scope == MODEL:
+            self.board.record_failure(model_key, policy.cooldown_failures, policy.cooldown, reason)
+        else:  # a 429 or another 4xx says nothing about the model's health
+            self.board.release_trial(model_key)
 
-    def state(self) -> dict | None:
-        """Return why the provider is unavailable, or None when it is not cooling."""
-        open_until = self._open_until
-        if not open_until:
-            return None
-        remaining = open_until - time.monotonic()
-        return {"reason": "cooldown", "retry_after": max(0, round(remaining))}
+    def _cooling(self, provider: str, model: str, key: str, entry, now: float):
+        wait = max(1, math.ceil(entry.open_until - now))
+        if entry.open_until <= now:  # another worker's trial call is in flight
+            wait = 1
+        ends = datetime.fromtimestamp(time.time() + max(0.0, entry.open_until - now), UTC)
+        until = ends.isoformat(timespec="seconds").replace("+00:00", "Z")
+        what = f"provider {provider!r}" if key == provider else f"model {model!r} of {provider!r}"
+        host = self.hosts.get(provider, "")
+        return ProviderCooling(
+            f"{what} ({host}) is cooling down until {until} (retry in {wait} s) after "
+            f"{entry.failures} failure(s) in a row; last: {entry.reason}",
+            headers={"Retry-After": str(wait)},
+            provider=provider,
+            host=host,
+            cooling=PROVIDER if key == provider else MODEL,
+            cooling_until=until,
+            last_failure=entry.reason,
+        )
+
+    def state(self, provider: str) -> dict | None:
+        """Why ``provider`` is unavailable now (its own cooldown), or None; models cooling."""
+        now = time.monotonic()
+        entries = self.board.entries()
+        found = {}
+        own = entries.get(provider)
+        if own is not None and own.open_until > now:
+            found.update(
+                reason="cooldown",
+                retry_after=max(1, math.ceil(own.open_until - now)),
+                last_failure=own.reason,
+            )
+        prefix = provider + "\0"
+        models = {
+            key[len(prefix) :]: max(1, math.ceil(entry.open_until - now))
+            for key, entry in entries.items()
+            if key.startswith(prefix) and entry.open_until > now
+        }
+        if models:
+            found["models_cooling"] = models
+        return found or None
+
+    def cooling_providers(self) -> set[str]:
+        """The providers cooling now (not their models), for the gauge."""
+        now = time.monotonic()
+        return {
+            key
+            for key, entry in self.board.entries().items()
+            if "\0" not in key and entry.open_until > now
+        }
 
 
 class Bulkhead:
@@ -145,9 +221,13 @@ class Bulkhead:
         self._lock = threading.Lock()
         self.in_flight = 0
 
-    def acquire(self) -> None:
-        """Take a slot, or raise ProviderBusy after waiting ``queue_timeout``."""
-        if self._slots is not None and not self._slots.acquire(timeout=self.queue_timeout):
+    def acquire(self, deadline: Deadline | None = None) -> None:
+        """Take a slot, or raise ProviderBusy after waiting ``queue_timeout`` (or
+        what is left of the call, if less)."""
+        wait = self.queue_timeout
+        if deadline is not None:
+            wait = max(0.0, min(wait, deadline.remaining()))
+        if self._slots is not None and not self._slots.acquire(timeout=wait):
             raise ProviderBusy(
                 f"provider {self.provider!r} has {self.limit} calls in flight "
                 f"(max_in_flight); none finished within {self.queue_timeout:g} s",

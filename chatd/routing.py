@@ -51,7 +51,10 @@ class Router:
     @staticmethod
     def _route(spec: ProviderSpec, model: str, name: str, affix: str) -> Route:
         if spec.model_rule is not None:
-            model = spec.model_rule(model)
+            try:
+                model = spec.model_rule(model)
+            except BadRequest as e:
+                raise BadRequest(f"model: {e.message}, got {name!r}") from None
         if not model:
             raise BadRequest(f"model: {name!r} names no model beside {affix!r}")
         return Route(spec.name, model)

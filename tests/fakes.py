@@ -88,11 +88,13 @@ class FakeUpstream:
 
         modes: ok, status (status, body, headers), echo_auth (status, json), hang
         (delay), drip (interval, size), drip_head (interval), reset, invalid_json,
-        big (size); ``times=N`` misbehaves N times, then answers normally.
+        big (size), sequence (steps: one mode and its options per call); ``times=N``
+        misbehaves N times, then answers normally; ``before=S`` waits S seconds first.
         Streaming calls in mode ok send ``pieces`` (a list of strings)
         ``interval`` seconds apart; ``cut_after``
         N pieces drops the connection, ``error_after`` N pieces sends an in-band
-        error, ``stall_after`` N pieces goes quiet for ``stall`` seconds.
+        error, ``stall_after`` N pieces goes quiet for ``stall`` seconds,
+        ``first_delay`` waits that long between the head and the first piece.
         """
         self.mode = mode
         self.options = options
@@ -132,6 +134,14 @@ class FakeUpstream:
         if not recorded.path.endswith(self.chat_path):
             return self.send(handler, 404, {"error": f"no route {recorded.path}"})
         mode, opt = self.mode, self.options
+        if mode == "sequence":
+            # One step per call ({"mode": ..., options}), then normal answers.
+            with self._lock:
+                steps = opt["steps"]
+                step = dict(steps.pop(0)) if steps else {"mode": "ok"}
+            mode, opt = step.pop("mode"), step
+        if opt.get("before") and self._stopping.wait(opt["before"]):
+            return
         if opt.get("times") is not None:
             # Misbehave this many more times, then answer normally again.
             with self._lock:
@@ -139,7 +149,7 @@ class FakeUpstream:
                 if opt["times"] <= 0:
                     self.behave("ok")
         if mode == "ok" and recorded.json.get("stream"):
-            return self._stream(handler, recorded.json)
+            return self._stream(handler, recorded.json, opt)
         if mode == "ok":
             return self.send(handler, 200, self.chat_answer(recorded.json))
         if mode == "status":
@@ -199,8 +209,8 @@ class FakeUpstream:
     def error_event(self, message: str) -> bytes:
         raise NotImplementedError
 
-    def _stream(self, handler, body: dict) -> None:
-        opt = self.options
+    def _stream(self, handler, body: dict, opt: dict | None = None) -> None:
+        opt = self.options if opt is None else opt
         pieces = opt.get("pieces", ["Hel", "lo", " there"])
         events = self.stream_events(body, pieces)
         handler.send_response(200)
@@ -220,6 +230,8 @@ class FakeUpstream:
                 if i == stall and self._stopping.wait(opt.get("stall", WAIT_EVENT_TIMEOUT)):
                     return
                 if i and opt.get("interval") and self._stopping.wait(opt["interval"]):
+                    return
+                if not i and opt.get("first_delay") and self._stopping.wait(opt["first_delay"]):
                     return
                 handler.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
                 handler.wfile.flush()

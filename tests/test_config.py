@@ -47,7 +47,7 @@ max_request_bytes = 16777216
 disabled_providers = ["kimi"]
 
 [chatd.providers.openrouter]
-retries = 3
+retries = 2
 
 [chatd.aliases]
 fast = ["ollama/qwen2.5:7b", "openrouter/qwen/qwen-2.5-7b-instruct"]
@@ -60,7 +60,7 @@ fast = ["ollama/qwen2.5:7b", "openrouter/qwen/qwen-2.5-7b-instruct"]
     assert settings.key_location("kimi") == ("MY_KIMI", "/etc/lakehouse/.env")
     assert settings.max_request_bytes == 16777216
     assert settings.disabled_providers == ("kimi",)
-    assert settings.policy("openrouter", "retries") == 3
+    assert settings.policy("openrouter", "retries") == 2
     assert settings.policy("kimi", "retries") == 1
     assert settings.aliases["fast"][0] == "ollama/qwen2.5:7b"
 
@@ -102,6 +102,13 @@ def test_provider_defaults_give_way_to_explicit_values(tmp_path):
         ("[chatd]\ntimeout_sec = 5\n", "timeout_sec"),
         ('[chatd]\nkimi_url = "ftp://kimi"\n', "kimi_url"),
         ("[chatd]\nretries = -1\n", "retries"),
+        ("[chatd]\nretries = 3\n", "retries"),
+        ("[chatd.providers.kimi]\nretries = 3\n", "retries"),
+        ("[chatd]\ntimeout_secs = nan\n", "timeout_secs"),
+        ("[chatd]\nidle_timeout_secs = inf\n", "idle_timeout_secs"),
+        ("[chatd.providers.kimi]\ncooldown_secs = inf\n", "cooldown_secs"),
+        ('[chatd.aliases]\nfast = ["ollama/x", "openrouter/no-vendor"]\n', "openrouter/no-vendor"),
+        ('[chatd.aliases]\nfast = ["kimi/"]\n', "kimi/"),
         ('[chatd]\nlog_format = "xml"\n', "log_format"),
         ("[chatd.providers.nobody]\nretries = 1\n", "nobody"),
         ("[chatd.providers.kimi]\nbind = 1\n", "bind"),
@@ -117,6 +124,14 @@ def test_a_bad_config_names_the_file_and_the_field(tmp_path, text, field):
         load_settings(path, environ={})
     assert path in str(raised.value)
     assert field in str(raised.value)
+
+
+@pytest.mark.parametrize("raw", ["nan", "inf", "-inf", "NaN"])
+def test_a_non_finite_number_from_the_environment_is_a_config_error(tmp_path, raw):
+    path = write(tmp_path, "[chatd]\n")
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path, environ={"CHATD_TIMEOUT_SECS": raw})
+    assert "CHATD_TIMEOUT_SECS" in str(raised.value)
 
 
 def test_a_missing_file_is_a_config_error(tmp_path):

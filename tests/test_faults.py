@@ -117,25 +117,32 @@ def test_not_retried(live, fakes, status, body):
     assert calls(fake) - before == 1
 
 
-def test_cooldown_opens_fails_fast_then_a_trial_closes_it(live, fakes):
+def test_5xx_cools_the_model_fails_fast_then_a_trial_closes_it(live, fakes):
     fake = fakes["kimi"]
     fake.behave("status", status=502, body={"error": {"message": "bad gateway"}})
-    # cooldown_failures = 2 for kimi: one call and its retry open the breaker.
+    # cooldown_failures = 2 for kimi: one call and its retry cool the model down.
     assert post(live, "kimi/k").status_code == 502
     before = calls(fake)
     response = post(live, "kimi/k")
     assert response.status_code == 503
-    assert response.json()["error"]["type"] == "provider_disabled"
+    error = response.json()["error"]
+    assert error["type"] == "provider_disabled"
+    assert error["cooling"] == "model"
+    assert "bad gateway" in error["message"] and "model 'k'" in error["message"]
     assert int(response.headers["Retry-After"]) >= 1
     assert calls(fake) == before  # failed fast: the upstream never saw it
     status = requests.get(live.url + "/chat/providers", timeout=5).json()
-    assert status["providers"]["kimi"] is False
-    assert status["status"]["kimi"]["reason"] == "cooldown"
+    assert status["providers"]["kimi"] is True  # its other models still go
+    assert set(status["status"]["kimi"]["models_cooling"]) == {"k"}
 
     fake.behave("ok")
+    assert post(live, "kimi/other").status_code == 200
     time.sleep(COOLDOWN + 0.2)
     assert post(live, "kimi/k").status_code == 200  # the trial
-    assert requests.get(live.url + "/chat/providers", timeout=5).json()["providers"]["kimi"]
+    assert (
+        "models_cooling"
+        not in requests.get(live.url + "/chat/providers", timeout=5).json()["status"]["kimi"]
+    )
 
 
 def test_fallback_serves_and_says_what_was_tried(live, fakes):

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from chatd.app import create_app
 from chatd.config import ConfigError, Settings, effective_tokens, load_settings
 from chatd.errors import BadRequest
+from chatd.resilience import Deadline
 from chatd.validation import ChatRequest, build_chat_request, build_openai_request, parse_json
 from tests.conftest import TEST_KEYS, TEST_URLS
 from tests.live import chatd_cli, clean_env, free_port, provider_urls, run_chatd, write_config
@@ -443,7 +444,8 @@ def test_a_stream_without_newlines_is_framed_in_linear_time(app):
     count = 8 * 1024  # 8 MiB in 1 KiB reads: quadratic copying would move ~32 GiB
     adapter._reads = lambda response, deadline: iter([b"a\r\nb", *([piece] * count), b"\nc"])
     started = time.process_time()
-    lines = list(adapter._lines(None))
+    deadline = Deadline.after(time.monotonic(), "first_token_timeout_secs", 60.0)
+    lines = list(adapter._lines(None, deadline))
     # A hang guard, not a benchmark: linear takes well under a second.
     assert time.process_time() - started < 5
     assert lines[0] == b"a" and lines[2] == b"c"

@@ -263,3 +263,12 @@ def test_each_opencode_model_goes_to_its_endpoint_with_the_one_key(
     response = client.post("/chat", json={"model": model, "messages": MESSAGES})
     assert response.status_code == 200, response.json
     assert response.json["message"]["content"] == text
+
+
+def test_aliases_are_resolved_with_every_row_at_load(tmp_path):
+    declared = '[chatd.providers.corp]\nurl = "http://corp.test/v1"\nwire = "openai"\n'
+    settings = load(tmp_path, declared + '[chatd.aliases]\nfast = ["corp/m", "ollama/x"]\n')
+    assert settings.aliases["fast"] == ("corp/m", "ollama/x")
+    with pytest.raises(ConfigError) as raised:
+        load(tmp_path, '[chatd.aliases]\nsmart = ["opencode/gemini-3-pro"]\n')
+    assert "smart" in str(raised.value) and "gemini" in str(raised.value)

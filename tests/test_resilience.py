@@ -1,14 +1,26 @@
-"""The breaker, the bulkhead and the backoff, without HTTP."""
+"""Cooldowns on the shared board, the deadline, the bulkhead and the backoff, without HTTP."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import threading
 import time
 
 import pytest
 
+from chatd.board import Board
 from chatd.errors import ProviderBusy, ProviderCooling
-from chatd.resilience import BACKOFF_MAX, Bulkhead, CircuitBreaker, retry_delay
+from chatd.resilience import (
+    BACKOFF_MAX,
+    MODEL,
+    PROVIDER,
+    Bulkhead,
+    Cooldowns,
+    Deadline,
+    Policy,
+    retry_delay,
+)
 
 
 class Gauge:
@@ -25,47 +37,117 @@ class Gauge:
         self.value -= 1
 
 
-def test_breaker_opens_after_n_failures_in_a_row():
-    gauge = Gauge()
-    breaker = CircuitBreaker("p", failures=3, cooldown=60, gauge=gauge)
-    breaker.record_failure()
-    breaker.record_failure()
-    breaker.record_success()  # the run is broken: counting starts again
-    breaker.record_failure()
-    breaker.record_failure()
-    breaker.before_call()
-    breaker.record_failure()
+POLICY = Policy(
+    timeout=5,
+    connect_timeout=1,
+    first_token_timeout=4,
+    idle_timeout=3,
+    retries=1,
+    retry_max_wait=2,
+    cooldown_failures=3,
+    cooldown=60,
+    max_in_flight=0,
+    queue_timeout=1,
+)
+
+
+def cooldowns(**changes):
+    return Cooldowns(Board(slots=8), {"p": "127.0.0.1:9"}), dataclasses.replace(POLICY, **changes)
+
+
+def test_connection_failures_cool_the_provider_after_n_in_a_row():
+    c, policy = cooldowns()
+    c.failure("p", "m", PROVIDER, policy, "p is unreachable")
+    c.failure("p", "m", PROVIDER, policy, "p is unreachable")
+    c.success("p", "m")  # the run is broken: counting starts again
+    c.failure("p", "m", PROVIDER, policy, "p is unreachable")
+    c.failure("p", "m", PROVIDER, policy, "p is unreachable")
+    c.before_call("p", "other-model", 1)
+    c.failure("p", "m", PROVIDER, policy, "p is unreachable (ConnectionError)")
     with pytest.raises(ProviderCooling) as raised:
-        breaker.before_call()
+        c.before_call("p", "other-model", 1)  # every model of the provider
     assert int(raised.value.headers["Retry-After"]) >= 59
-    assert breaker.state()["reason"] == "cooldown"
-    assert gauge.value == 1
+    message = raised.value.message
+    assert "provider 'p'" in message and "127.0.0.1:9" in message and "unreachable" in message
+    assert raised.value.details["cooling_until"].endswith("Z")
+    assert c.state("p")["reason"] == "cooldown"
+    assert c.cooling_providers() == {"p"}
 
 
-def test_one_trial_after_the_cooldown_then_closed_or_open_again():
-    breaker = CircuitBreaker("p", failures=1, cooldown=0.1)
-    breaker.record_failure()
+def test_bad_answers_cool_only_that_model():
+    c, policy = cooldowns(cooldown_failures=2)
+    c.failure("p", "broken", MODEL, policy, "p answered 500")
+    c.failure("p", "broken", MODEL, policy, "p answered 500")
+    with pytest.raises(ProviderCooling) as raised:
+        c.before_call("p", "broken", 1)
+    assert "model 'broken'" in raised.value.message
+    c.before_call("p", "fine", 1)  # the provider's other models still go
+    assert c.state("p") == {"models_cooling": {"broken": 60}}
+    assert c.cooling_providers() == set()
+
+
+def test_a_429_or_4xx_cools_nothing():
+    c, policy = cooldowns(cooldown_failures=1)
+    for _ in range(5):
+        c.failure("p", "m", None, policy, "p answered 429")
+    c.before_call("p", "m", 1)
+    assert c.state("p") is None
+
+
+def test_one_trial_after_the_cooldown_in_all_workers_then_closed_or_open_again():
+    c, policy = cooldowns(cooldown_failures=1, cooldown=0.1)
+    other_worker = Cooldowns(c.board, c.hosts)
+    c.failure("p", "m", PROVIDER, policy, "down")
     time.sleep(0.15)
-    breaker.before_call()  # the trial
+    assert c.state("p") is None  # ended: reported without waiting for a call
+    c.before_call("p", "m", 5)  # the trial
     with pytest.raises(ProviderCooling):
-        breaker.before_call()  # only one at a time
-    breaker.record_failure()  # the trial failed: cool down again
+        other_worker.before_call("p", "m", 5)  # only one at a time, in any worker
+    c.failure("p", "m", PROVIDER, policy, "down")  # the trial failed: cool down again
     with pytest.raises(ProviderCooling):
-        breaker.before_call()
+        other_worker.before_call("p", "m", 5)
     time.sleep(0.15)
-    breaker.before_call()
-    breaker.record_success()
-    breaker.before_call()
-    assert breaker.state() is None
+    other_worker.before_call("p", "m", 5)
+    other_worker.success("p", "m")
+    c.before_call("p", "m", 5)
+    assert c.board.get("p") is None
 
 
 def test_a_trial_that_never_reached_the_provider_is_released():
-    breaker = CircuitBreaker("p", failures=1, cooldown=0.05)
-    breaker.record_failure()
+    c, policy = cooldowns(cooldown_failures=1, cooldown=0.05)
+    c.failure("p", "m", PROVIDER, policy, "down")
     time.sleep(0.1)
-    breaker.before_call()
-    breaker.release_trial()
-    breaker.before_call()  # another trial may go
+    c.release(c.before_call("p", "m", 5))
+    c.before_call("p", "m", 5)  # another trial may go
+
+
+def test_a_full_board_stops_tracking_new_keys_and_never_raises():
+    c, policy = cooldowns(cooldown_failures=1)
+    for n in range(20):
+        c.failure("p", f"m{n}", MODEL, policy, "500")
+    assert len(c.board.entries()) == 8  # bounded, whatever the clients name
+    with pytest.raises(ProviderCooling):
+        c.before_call("p", "m0", 1)
+    c.before_call("p", "m19", 1)  # no slot was free: not tracked, not cooled
+
+
+def test_the_board_is_shared_with_forked_processes():
+    board = Board(slots=8)
+    pid = os.fork()
+    if pid == 0:  # the child writes, as a worker would
+        board.record_failure("p", 1, 60, "from the child")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert board.get("p").reason == "from the child"
+
+
+def test_the_deadline_cuts_a_phase_short_and_names_itself():
+    deadline = Deadline.after(time.monotonic(), "timeout_secs", 2.0)
+    assert deadline.limit(1.0, "connect_timeout_secs") == (1.0, "connect_timeout_secs")
+    seconds, name = deadline.limit(10.0, "first_token_timeout_secs")
+    assert name == "timeout_secs" and 1.5 < seconds <= 2.0
+    spent = Deadline.after(time.monotonic() - 5, "timeout_secs", 2.0)
+    assert spent.limit(1.0, "connect_timeout_secs") == (0.0, "timeout_secs")
 
 
 def test_bulkhead_limits_and_sheds_after_the_queue_timeout():

@@ -240,11 +240,16 @@ def test_quota_429_is_not_retried_but_a_rate_limit_is(live, fakes):
     fakes["ollama_cloud"].behave(
         "status", status=429, body={"error": "you have reached your weekly usage limit"}
     )
+    fake = fakes["ollama_cloud"]
+    before = len(fake.chat_requests())
     assert post().headers.get("x-should-retry") == "false"
-    fakes["ollama_cloud"].behave("status", status=429, body={"error": "too many requests"})
+    assert len(fake.chat_requests()) - before == 1
+    fake.behave("status", status=429, body={"error": "too many requests"})
+    before = len(fake.chat_requests())
     response = post()
     assert response.status_code == 429
-    assert "x-should-retry" not in response.headers
+    assert len(fake.chat_requests()) - before == 2  # retried by chatd...
+    assert response.headers["x-should-retry"] == "false"  # ...so not by the client too
 
 
 def test_response_format_maps_to_ollama_format(live, fakes):

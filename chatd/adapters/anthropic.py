@@ -272,16 +272,6 @@ class AnthropicChatAdapter(ChatAdapter):
     def parse_models(self, data: dict) -> list[str]:
         return [model["id"] for model in data["data"]]
 
-    # -- errors ----------------------------------------------------------------------
-
-    def _status_error(self, status: int, raw: bytes, headers) -> UpstreamError:
-        error = super()._status_error(status, raw, headers)
-        if status == 529:
-            # overloaded_error: Anthropic's "try again soon", a 503 by another number.
-            # NOTE: redundant once base.RETRYABLE holds 529.
-            error.retryable = True
-        return error
-
 
 class AnthropicStream:
     """Translates one Anthropic stream's events into neutral events, in order.

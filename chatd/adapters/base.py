@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit
 
 import requests
 import urllib3
@@ -23,7 +24,7 @@ from chatd import codec
 from chatd.adapters.framing import BadEvent, StreamCut
 from chatd.errors import UpstreamError, UpstreamRateLimited, UpstreamTimeout, redact, trim
 from chatd.neutral import ChatRequest, Event, Reply
-from chatd.resilience import Policy
+from chatd.resilience import PROVIDER, Deadline, Policy
 from chatd.sessions import head_deadline
 
 # Error bodies are read no further than this: only the first KiB is passed on.
@@ -36,7 +37,8 @@ NOT_RETRYABLE = frozenset({400, 401, 402, 403, 404, 413, 422})
 QUOTA_TEXT = re.compile(r"usage limit|quota|insufficient|exceeded your", re.IGNORECASE)
 DONT_RETRY = {"x-should-retry": "false"}
 # Upstream statuses that say "try again soon" (with 429, unless a quota is spent).
-RETRYABLE = frozenset({502, 503, 504})
+# 529 is Anthropic's overloaded_error: a 503 by another number.
+RETRYABLE = frozenset({502, 503, 504, 529})
 
 
 def retry_after_secs(value: str | None) -> float | None:
@@ -157,6 +159,8 @@ class ChatAdapter:
         self.provider = provider
         self.base_url = base_url.rstrip("/")
         self.chat_url = self.base_url + self.chat_path
+        # host[:port], named when it cannot be reached (never the path: it may hold a key).
+        self.host = urlsplit(self.base_url).netloc.rpartition("@")[2]
         self.models_url = self.base_url + self.models_path
         self.probe_url = self.base_url + probe_path if probe_path else None
         self.session = session
@@ -199,9 +203,12 @@ class ChatAdapter:
 
     # -- shared ----------------------------------------------------------------
 
-    def complete(self, request: ChatRequest, upstream_model: str) -> dict:
-        """Send one non-streaming call; return the upstream's answer, checked."""
-        data = self._post(self.build_body(request, upstream_model), request.request_id)
+    def complete(
+        self, request: ChatRequest, upstream_model: str, deadline: Deadline | None = None
+    ) -> dict:
+        """Send one non-streaming call within ``deadline`` (default: timeout_secs from now);
+        return the upstream's answer, checked."""
+        data = self._post(self.build_body(request, upstream_model), request.request_id, deadline)
         message = error_text(data)
         if message is not None:
             # Some upstreams report failure inside a 200 (Ollama, OpenRouter).
@@ -210,9 +217,11 @@ class ChatAdapter:
             )
         return data
 
-    def reply(self, request: ChatRequest, upstream_model: str) -> Reply:
-        """Send one non-streaming call; return its answer as a neutral Reply."""
-        data = self.complete(request, upstream_model)
+    def reply(
+        self, request: ChatRequest, upstream_model: str, deadline: Deadline | None = None
+    ) -> Reply:
+        """Send one non-streaming call within ``deadline``; return its answer as a neutral Reply."""
+        data = self.complete(request, upstream_model, deadline)
         reply = self.translate(self.parse_reply, data)
         reply.raw = data
         return reply
@@ -227,15 +236,20 @@ class ChatAdapter:
                 provider=self.provider,
             ) from None
 
-    def open_stream(self, request: ChatRequest, upstream_model: str) -> UpstreamStream:
-        """Start a streaming call and read its first event.
+    def open_stream(
+        self, request: ChatRequest, upstream_model: str, deadline: Deadline | None = None
+    ) -> UpstreamStream:
+        """Start a streaming call and read its first event, all within ``deadline``
+        (default: first_token_timeout_secs from now).
 
         Everything that can fail before the first event (connect, status, an
         error as the first event) raises here, so it still gets its own status code.
         """
+        if deadline is None:
+            deadline = self._deadline(stream=True)
         body = self.build_body(request, upstream_model)
-        response = self._send(body, stream=True, request_id=request.request_id)
-        events = self._events(response)
+        response = self._send(body, deadline, stream=True, request_id=request.request_id)
+        events = self._events(response, deadline)
         try:
             first = next(events)
         except StopIteration:
@@ -285,18 +299,32 @@ class ChatAdapter:
 
     # -- transport -------------------------------------------------------------
 
-    def _send(self, body: dict, stream: bool = False, request_id: str = "") -> requests.Response:
+    def _deadline(self, stream: bool) -> Deadline:
+        """A call's deadline from now, for callers that did not bring one."""
+        if stream:
+            return Deadline.after(
+                time.monotonic(), "first_token_timeout_secs", self.policy.first_token_timeout
+            )
+        return Deadline.after(time.monotonic(), "timeout_secs", self.policy.timeout)
+
+    def _send(
+        self, body: dict, deadline: Deadline, stream: bool = False, request_id: str = ""
+    ) -> requests.Response:
         """POST ``body`` as JSON; return the open response once its status is 2xx.
 
-        requests times each phase on its own: the connect, then each read, the
-        first of which waits for the answer's first byte.
+        The connect gets connect_timeout_secs, and the answer's head must be in
+        within first_token_timeout_secs (or timeout_secs when smaller, for a whole
+        answer), each cut short by the call's ``deadline``, which no phase passes.
         """
         policy = self.policy
-        first_byte = policy.first_token_timeout
-        first_byte_name = "first_token_timeout_secs"
+        first_byte, first_byte_name = policy.first_token_timeout, "first_token_timeout_secs"
         if not stream and policy.timeout < first_byte:
             first_byte, first_byte_name = policy.timeout, "timeout_secs"
-        deadline = time.monotonic() + (first_byte if stream else policy.timeout)
+        first_byte, first_byte_name = deadline.limit(first_byte, first_byte_name)
+        connect, connect_name = deadline.limit(policy.connect_timeout, "connect_timeout_secs")
+        if first_byte <= 0:
+            # The call's budget went on earlier attempts: nothing to say about this provider.
+            raise self._timeout_error(deadline.name, deadline.seconds, scope=None)
         payload = codec.dumps(body)
         prepared = requests.PreparedRequest()
         prepared.method = "POST"
@@ -305,24 +333,30 @@ class ChatAdapter:
         if request_id:
             prepared.headers["X-Request-ID"] = request_id
         prepared.body = payload
-        # The head (status line and headers) in first_byte, not just each read of it.
+        # Connect and head (status line and headers) together in first_byte, not
+        # just each read of it.
         head_deadline.at = time.monotonic() + first_byte
         try:
             response = self._transport.send(
-                prepared, stream=True, timeout=(policy.connect_timeout, first_byte)
+                prepared, stream=True, timeout=(min(connect, first_byte), first_byte)
             )
         except requests.ConnectTimeout:
             # Nothing reached the upstream: as safe to retry as a refusal.
+            if connect >= first_byte:
+                connect, connect_name = first_byte, first_byte_name
             raise self._timeout_error(
-                "connect_timeout_secs", policy.connect_timeout, retryable=True
+                connect_name, self._setting(connect_name, deadline), retryable=True, scope=PROVIDER
             ) from None
         except requests.Timeout:
-            raise self._timeout_error(first_byte_name, first_byte) from None
+            raise self._timeout_error(
+                first_byte_name, self._setting(first_byte_name, deadline), scope=PROVIDER
+            ) from None
         except requests.RequestException as e:
             raise UpstreamError(
-                f"{self.provider} is unreachable ({type(e).__name__})",
+                f"{self.provider} is unreachable ({type(e).__name__}) at {self.host}",
                 retryable=True,
                 provider=self.provider,
+                scope=PROVIDER,
             ) from None
         finally:
             head_deadline.at = None
@@ -332,10 +366,11 @@ class ChatAdapter:
             raise self._status_error(response.status_code, raw, response.headers)
         return response
 
-    def _post(self, body: dict, request_id: str = "") -> dict:
-        """POST ``body`` within the total deadline; return the decoded answer."""
-        deadline = time.monotonic() + self.policy.timeout
-        response = self._send(body, request_id=request_id)
+    def _post(self, body: dict, request_id: str = "", deadline: Deadline | None = None) -> dict:
+        """POST ``body`` within the call's deadline; return the decoded answer."""
+        if deadline is None:
+            deadline = self._deadline(stream=False)
+        response = self._send(body, deadline, request_id=request_id)
         with response:
             raw = self._read_body(response, deadline, self.max_response_bytes, truncate=False)
         try:
@@ -356,7 +391,7 @@ class ChatAdapter:
         return data
 
     def _read_body(
-        self, response: requests.Response, deadline: float, limit: int, truncate: bool
+        self, response: requests.Response, deadline: Deadline, limit: int, truncate: bool
     ) -> bytes:
         """Read the whole body, but never past ``deadline`` nor past ``limit`` bytes.
 
@@ -367,7 +402,7 @@ class ChatAdapter:
         """
         chunks = []
         size = 0
-        total = (deadline, "timeout_secs", self.policy.timeout)
+        total = (deadline.at, deadline.name, deadline.seconds)
         for chunk in self._reads(response, lambda: total):
             chunks.append(chunk)
             size += len(chunk)
@@ -410,20 +445,16 @@ class ChatAdapter:
                 upstream_status=response.status_code,
             ) from None
 
-    def _lines(self, response: requests.Response) -> Iterator[bytes]:
+    def _lines(self, response: requests.Response, deadline: Deadline) -> Iterator[bytes]:
         """Yield the stream's lines; time out when no event line comes in time.
 
-        Until the first event the wait is first_token_timeout_secs; after it,
-        idle_timeout_secs from the last event: a long answer may stream for
-        minutes, but every gap is bounded. Comment lines (keep-alives) do not
-        count as events.
+        The first event must come by the call's ``deadline`` (the same one the
+        connect and the head had); after it, idle_timeout_secs from the last
+        event: a long answer may stream for minutes, but every gap is bounded.
+        Comment lines (keep-alives) do not count as events.
         """
         policy = self.policy
-        first = (
-            time.monotonic() + policy.first_token_timeout,
-            "first_token_timeout_secs",
-            policy.first_token_timeout,
-        )
+        first = (deadline.at, deadline.name, deadline.seconds)
         # A list, so the deadline read before each read sees the latest event.
         deadline = [first]
         size = 0
@@ -455,10 +486,10 @@ class ChatAdapter:
         if buffer:
             yield bytes(buffer)
 
-    def _events(self, response: requests.Response) -> Iterator[dict]:
+    def _events(self, response: requests.Response, deadline: Deadline) -> Iterator[dict]:
         """Yield the stream's events; an in-band error, a cut or garbage raises."""
         try:
-            for event in self.iter_events(self._lines(response)):
+            for event in self.iter_events(self._lines(response, deadline)):
                 message = error_text(event)
                 if message is not None:
                     raise UpstreamError(
@@ -477,12 +508,25 @@ class ChatAdapter:
 
     # -- errors ----------------------------------------------------------------
 
-    def _timeout_error(self, name: str, seconds: float, retryable: bool = False):
+    def _setting(self, name: str, deadline: Deadline) -> float:
+        """The configured seconds of setting ``name`` (for the message)."""
+        if name == deadline.name:
+            return deadline.seconds
+        return {
+            "connect_timeout_secs": self.policy.connect_timeout,
+            "first_token_timeout_secs": self.policy.first_token_timeout,
+            "timeout_secs": self.policy.timeout,
+        }[name]
+
+    def _timeout_error(
+        self, name: str, seconds: float, retryable: bool = False, scope: str | None = "model"
+    ):
         return UpstreamTimeout(
             f"{self.provider} did not answer within {name} ({seconds:g} s)",
             retryable=retryable,
             provider=self.provider,
             timeout=name,
+            scope=scope,
         )
 
     def _status_error(self, status: int, raw: bytes, headers) -> UpstreamError:
@@ -494,6 +538,7 @@ class ChatAdapter:
             quota = bool(QUOTA_TEXT.search(text))
             if quota:
                 out.update(DONT_RETRY)
+                message += " (usage quota spent: retrying will not help)"
             return UpstreamRateLimited(
                 message,
                 retryable=not quota,
@@ -501,6 +546,8 @@ class ChatAdapter:
                 headers=out,
                 provider=self.provider,
                 upstream_status=status,
+                scope=None,  # honoured through Retry-After, never a cooldown
+                **({"quota": True} if quota else {}),
             )
         return UpstreamError(
             message,
@@ -509,4 +556,5 @@ class ChatAdapter:
             headers=DONT_RETRY if status in NOT_RETRYABLE else None,
             provider=self.provider,
             upstream_status=status,
+            scope="model" if status >= 500 else None,
         )
