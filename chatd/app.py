@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from flask import Flask, Request, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from chatd import chat, health, openai_api
+from chatd import chat, health, ollama_api, openai_api
 from chatd.auth import TokenCheck
 from chatd.codec import OrjsonProvider
 from chatd.config import Settings, load_settings, read_tokens
@@ -97,6 +97,7 @@ def create_app(settings: Settings | None = None, *, environ: Mapping[str, str] |
     app.register_blueprint(chat.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openai_api.bp)
+    app.register_blueprint(ollama_api.bp)
     app.after_request(finish_responses(metrics))
     return app
 
