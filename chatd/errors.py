@@ -156,9 +156,17 @@ def trim(text: str, limit: int = MAX_UPSTREAM_TEXT) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+def _speaks_ollama() -> bool:
+    """Whether the caller is an Ollama client: they read only ``{"error": "<text>"}``."""
+    return request.path.startswith("/api/")
+
+
 def error_response(error: ChatdError):
-    body = error.to_dict()
-    body["error"]["request_id"] = current_request_id()
+    if _speaks_ollama():
+        body = {"error": error.message}
+    else:
+        body = error.to_dict()
+        body["error"]["request_id"] = current_request_id()
     response = jsonify(body)
     response.status_code = error.status_code
     response.headers.update(error.headers)
@@ -179,14 +187,18 @@ def _handle_http_exception(error: HTTPException):
         limit = current_app.config.get("MAX_CONTENT_LENGTH")
         message = f"request body is larger than max_request_bytes ({limit} bytes)"
     error_type = _HTTP_ERROR_TYPES.get(error.code, "http_error")
-    body = {
-        "error": {
-            "type": error_type,
-            "message": message,
-            "code": error_type,
-            "request_id": current_request_id(),
+    body = (
+        {"error": message}
+        if _speaks_ollama()
+        else {
+            "error": {
+                "type": error_type,
+                "message": message,
+                "code": error_type,
+                "request_id": current_request_id(),
+            }
         }
-    }
+    )
     response = jsonify(body)
     response.status_code = error.code or 500
     if error.code == 405 and error.valid_methods:
