@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import requests
 import urllib3
 from flask import Blueprint, Response, current_app, request
+from werkzeug.exceptions import MethodNotAllowed
 
 from chatd import __version__, codec
 from chatd.chat import fallback_headers, read_body
@@ -36,6 +37,13 @@ NDJSON_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # Relayed both ways: what says how a body is encoded, never connection headers.
 RELAYED_HEADERS = ("Content-Type", "Content-Encoding")
 RELAY_CHUNK = 64 * 1024
+# The paths chatd answers itself, and their methods.
+SERVED_HERE = {
+    "chat": ["POST"],
+    "generate": ["POST"],
+    "tags": ["GET", "HEAD"],
+    "version": ["GET", "HEAD"],
+}
 # `details` as Ollama lists a model; a cloud model has none of these facts.
 NO_DETAILS = {
     "parent_model": "",
@@ -157,7 +165,11 @@ def _answer(chat_request: ChatRequest, generate: bool):
         )
         response.call_on_close(upstream.close)
         return response
-    outcome = dispatcher.run(chat_request, _reply, record)
+    outcome = dispatcher.run(
+        chat_request,
+        lambda adapter, route: _reply(adapter, chat_request, route.upstream_model),
+        record,
+    )
     record.count_tokens(outcome.result.usage.as_dict())
     body = dialect.render_reply(
         outcome.result, chat_request.model, generate=generate, started=started
@@ -227,6 +239,9 @@ def _local_models(registry) -> list[dict]:
 @bp.route("/<path:rest>", methods=["GET", "HEAD", "POST", "PUT", "DELETE"])
 def relay(rest: str):
     """Pass the call to the local Ollama unchanged; relay its answer as it comes."""
+    if rest in SERVED_HERE:
+        # A wrong method on a path chatd serves itself, not a question for Ollama.
+        raise MethodNotAllowed(valid_methods=SERVED_HERE[rest])
     adapter = current_app.extensions["chatd"].registry.get("ollama")
     record = request.record
     record.provider = "ollama"

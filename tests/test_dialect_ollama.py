@@ -1,0 +1,440 @@
+"""Ollama's API on chatd: the dialect as pure functions, then /api/* through the Flask client."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+
+from chatd.dialects import ollama as dialect
+from chatd.errors import BadRequest, UpstreamError
+from chatd.neutral import Event, Reply, ToolCall, ToolCallDelta, Usage
+
+PNG = "iVBORw0KGgoAAAANSUhEUg"
+JPEG = "/9j/4AAQSkZJRg"
+
+
+# -- reading requests -------------------------------------------------------------
+
+
+def test_chat_streams_unless_told_not_to():
+    assert dialect.parse_chat({"model": "m", "messages": []}).stream is True
+    assert dialect.parse_chat({"model": "m", "messages": [], "stream": False}).stream is False
+
+
+def test_chat_request_is_marked_ollama_and_keeps_the_body():
+    body = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
+    request = dialect.parse_chat(body)
+    assert (request.dialect, request.native) == ("ollama", body)
+    assert request.messages == [{"role": "user", "content": "hi"}]
+
+
+def test_options_map_to_chatd_fields_and_portable_rest():
+    body = {
+        "model": "m",
+        "messages": [],
+        "options": {
+            "temperature": 0.3,
+            "top_p": 0.7,
+            "num_predict": 42,
+            "stop": ["END"],
+            "seed": 9,
+            "num_ctx": 8192,
+            "top_k": 11,
+            "presence_penalty": 0.5,
+        },
+    }
+    request = dialect.parse_chat(body)
+    assert (request.temperature, request.top_p, request.max_tokens) == (0.3, 0.7, 42)
+    assert (request.stop, request.seed) == (["END"], 9)
+    # Ollama-only knobs never reach an OpenAI-style upstream; a shared one does.
+    assert request.options == {"presence_penalty": 0.5}
+
+
+@pytest.mark.parametrize("predict", [-1, -2, 0])
+def test_unlimited_num_predict_sets_no_max_tokens(predict):
+    body = {"model": "m", "messages": [], "options": {"num_predict": predict}}
+    assert dialect.parse_chat(body).max_tokens is None
+
+
+def test_ollama_only_knobs_come_back_for_an_ollama_wire_provider():
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "x"}],
+        "options": {"num_ctx": 8192, "temperature": 0.2, "num_predict": 5},
+        "keep_alive": "10m",
+        "think": True,
+    }
+    request = dialect.parse_chat(body)
+    assert dialect.for_wire(request, "openai") is request
+    ollama = dialect.for_wire(request, "ollama")
+    assert ollama.options == {"num_ctx": 8192, "keep_alive": "10m", "think": True}
+    assert (ollama.temperature, ollama.max_tokens) == (0.2, 5)
+    assert request.options == {}  # the original is not changed
+
+
+@pytest.mark.parametrize(
+    "think, effort", [("low", "low"), ("high", "high"), ("max", "high"), (True, None)]
+)
+def test_think_levels_become_reasoning_effort(think, effort):
+    request = dialect.parse_chat({"model": "m", "messages": [], "think": think})
+    assert request.options.get("reasoning_effort") == effort
+
+
+def test_images_become_data_url_parts_with_their_type():
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "what is this?", "images": [PNG, JPEG]}],
+    }
+    content = dialect.parse_chat(body).messages[0]["content"]
+    assert content[0] == {"type": "text", "text": "what is this?"}
+    assert content[1]["image_url"]["url"] == f"data:image/png;base64,{PNG}"
+    assert content[2]["image_url"]["url"] == f"data:image/jpeg;base64,{JPEG}"
+
+
+def test_tool_calls_get_ids_and_tool_results_find_their_call_by_name():
+    body = {
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": "weather and time?"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {"function": {"name": "weather", "arguments": {"city": "Oslo"}}},
+                    {"function": {"name": "clock", "arguments": {}}},
+                ],
+            },
+            {"role": "tool", "content": "12:00", "tool_name": "clock"},
+            {"role": "tool", "content": "rain", "tool_name": "weather"},
+        ],
+    }
+    messages = dialect.parse_chat(body).messages
+    calls = messages[1]["tool_calls"]
+    assert [c["function"]["name"] for c in calls] == ["weather", "clock"]
+    assert json.loads(calls[0]["function"]["arguments"]) == {"city": "Oslo"}
+    assert calls[0]["id"] != calls[1]["id"]
+    assert messages[2]["tool_call_id"] == calls[1]["id"]
+    assert messages[3]["tool_call_id"] == calls[0]["id"]
+
+
+def test_generate_turns_system_and_prompt_into_two_turns():
+    body = {"model": "m", "prompt": "why?", "system": "be brief", "images": [PNG]}
+    messages = dialect.parse_generate(body).messages
+    assert messages[0] == {"role": "system", "content": "be brief"}
+    assert messages[1]["role"] == "user"
+    assert messages[1]["content"][0] == {"type": "text", "text": "why?"}
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"messages": []}, "model"),
+        ({"model": "m", "messages": [], "stream": "yes"}, "stream"),
+        ({"model": "m", "messages": [{"role": "robot", "content": ""}]}, "role"),
+        ({"model": "m", "messages": [{"role": "user", "content": 5}]}, "content"),
+        ({"model": "m", "messages": [], "options": {"num_predict": "many"}}, "num_predict"),
+        ({"model": "m", "messages": [], "options": {"temperature": -1}}, "temperature"),
+        ({"model": "m", "messages": [], "format": "yaml"}, "format"),
+        ({"model": "m", "messages": [], "think": "lots"}, "think"),
+        ({"model": "m", "messages": [], "tools": "all"}, "tools"),
+    ],
+)
+def test_bad_chat_requests_name_the_field(body, field):
+    with pytest.raises(BadRequest, match=field):
+        dialect.parse_chat(body)
+
+
+@pytest.mark.parametrize("field", ["suffix", "raw", "template"])
+def test_generate_refuses_what_a_chat_api_cannot_do(field):
+    with pytest.raises(BadRequest, match=field):
+        dialect.parse_generate(
+            {"model": "m", "prompt": "x", field: "x" if field != "raw" else True}
+        )
+
+
+# -- rendering answers --------------------------------------------------------------
+
+
+def test_reply_renders_as_ollamas_last_line():
+    reply = Reply(
+        content="hi",
+        thinking="hmm",
+        tool_calls=[ToolCall("call_1", "weather", '{"city": "Oslo"}')],
+        finish_reason="tool_calls",
+        usage=Usage(7, 3),
+    )
+    body = dialect.render_reply(reply, "kimi/k2", generate=False, started=0.0)
+    assert body["model"] == "kimi/k2"
+    assert body["message"]["content"] == "hi"
+    assert body["message"]["thinking"] == "hmm"
+    call = body["message"]["tool_calls"][0]
+    assert call["function"] == {"index": 0, "name": "weather", "arguments": {"city": "Oslo"}}
+    assert (body["done"], body["done_reason"]) == (True, "stop")
+    assert (body["prompt_eval_count"], body["eval_count"]) == (7, 3)
+    assert body["total_duration"] > 0 and body["eval_duration"] == 0
+
+
+def test_an_ollama_upstreams_durations_are_passed_on():
+    raw = {"total_duration": 111, "load_duration": 22, "eval_duration": 33}
+    reply = Reply(content="x", finish_reason="length", usage=Usage(1, 2), raw=raw)
+    body = dialect.render_reply(reply, "m", generate=True, started=0.0)
+    assert body["response"] == "x" and "message" not in body
+    assert (body["total_duration"], body["load_duration"], body["eval_duration"]) == (111, 22, 33)
+    assert body["done_reason"] == "length"
+
+
+def test_broken_tool_arguments_are_kept_as_text():
+    body = dialect.render_reply(
+        Reply(tool_calls=[ToolCall("c", "f", "{not json")]), "m", generate=False, started=0.0
+    )
+    assert body["message"]["tool_calls"][0]["function"]["arguments"] == {"arguments": "{not json"}
+
+
+def lines(stream) -> list[dict]:
+    out = []
+    for raw in stream:
+        assert raw.endswith(b"\n") and raw.count(b"\n") == 1  # one object per line, no blanks
+        out.append(json.loads(raw))
+    return out
+
+
+def test_stream_renders_pieces_whole_tool_calls_then_done():
+    events = [
+        Event(thinking="let me see"),
+        Event(content="Hel"),
+        Event(content="lo"),
+        Event(tool_calls=[ToolCallDelta(0, "call_a", "weather", '{"ci')]),
+        Event(tool_calls=[ToolCallDelta(0, arguments='ty": "Oslo"}')]),
+        Event(finish_reason="tool_calls"),
+        Event(usage=Usage(5, 4)),
+    ]
+    out = lines(dialect.render_stream(iter(events), "m", generate=False, started=0.0))
+    assert [line["message"].get("thinking") for line in out[:1]] == ["let me see"]
+    assert [line["message"]["content"] for line in out[1:3]] == ["Hel", "lo"]
+    assert all(line["message"]["role"] == "assistant" for line in out)
+    call = out[3]["message"]["tool_calls"][0]
+    assert call["id"] == "call_a"
+    assert call["function"]["arguments"] == {"city": "Oslo"}
+    assert [line["done"] for line in out] == [False, False, False, False, True]
+    assert out[-1]["done_reason"] == "stop"
+    assert (out[-1]["prompt_eval_count"], out[-1]["eval_count"]) == (5, 4)
+
+
+def test_generate_stream_says_response():
+    events = [Event(content="a"), Event(content="b", finish_reason="length")]
+    out = lines(dialect.render_stream(iter(events), "m", generate=True, started=0.0))
+    assert [line["response"] for line in out] == ["a", "b", ""]
+    assert out[-1]["done_reason"] == "length"
+
+
+def test_error_envelope_is_the_message_alone():
+    assert dialect.render_error(UpstreamError("kimi answered 500: boom")) == {
+        "error": "kimi answered 500: boom"
+    }
+
+
+# -- /api/* through the Flask client -------------------------------------------------
+
+OLLAMA_CHAT = "http://ollama.test/api/chat"
+KIMI_CHAT = "http://kimi.test/coding/v1/chat/completions"
+OPENAI_ANSWER = {
+    "id": "x",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "k2",
+    "choices": [
+        {
+            "index": 0,
+            "message": {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {
+                        "id": "call_9",
+                        "type": "function",
+                        "function": {"name": "weather", "arguments": '{"city": "Oslo"}'},
+                    }
+                ],
+            },
+            "finish_reason": "tool_calls",
+        }
+    ],
+    "usage": {"prompt_tokens": 12, "completion_tokens": 6, "total_tokens": 18},
+}
+
+
+def test_api_chat_reaches_an_openai_wire_provider(client, upstream):
+    call = upstream.post(KIMI_CHAT, json=OPENAI_ANSWER)
+    body = {
+        "model": "kimi/k2",
+        "messages": [{"role": "user", "content": "weather?"}],
+        "stream": False,
+        "options": {"temperature": 0.4, "num_ctx": 4096},
+        "tools": [{"type": "function", "function": {"name": "weather", "parameters": {}}}],
+    }
+    response = client.post("/api/chat", json=body)
+    assert response.status_code == 200, response.get_json()
+    answer = response.get_json()
+    assert answer["message"]["tool_calls"][0]["function"]["arguments"] == {"city": "Oslo"}
+    assert (answer["prompt_eval_count"], answer["eval_count"]) == (12, 6)
+    sent = json.loads(call.calls[0].request.body)
+    assert sent["model"] == "k2" and sent["temperature"] == 0.4
+    assert "num_ctx" not in sent and "options" not in sent
+
+
+def test_api_chat_streams_ndjson_from_an_ollama_wire_provider(client, upstream):
+    pieces = [
+        {"model": "llama3.2", "message": {"role": "assistant", "content": "Hi"}, "done": False},
+        {
+            "model": "llama3.2",
+            "message": {"role": "assistant", "content": ""},
+            "done": True,
+            "done_reason": "stop",
+            "total_duration": 5000,
+            "prompt_eval_count": 3,
+            "eval_count": 1,
+        },
+    ]
+    stream = b"".join(json.dumps(p).encode() + b"\n" for p in pieces)
+    call = upstream.post(OLLAMA_CHAT, body=stream, content_type="application/x-ndjson")
+    body = {
+        "model": "llama3.2",
+        "messages": [{"role": "user", "content": "hi"}],
+        "options": {"num_ctx": 4096},
+        "keep_alive": "1m",
+    }
+    response = client.post("/api/chat", json=body)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "application/x-ndjson"
+    out = [json.loads(line) for line in response.get_data().splitlines()]
+    assert out[0]["message"]["content"] == "Hi"
+    assert out[-1]["done"] is True and out[-1]["total_duration"] == 5000
+    sent = json.loads(call.calls[0].request.body)
+    assert sent["stream"] is True and sent["options"] == {"num_ctx": 4096}
+    assert sent["keep_alive"] == "1m"
+
+
+def test_api_generate_answers_with_response(client, upstream):
+    upstream.post(
+        KIMI_CHAT,
+        json=OPENAI_ANSWER
+        | {
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "42"},
+                    "finish_reason": "stop",
+                }
+            ]
+        },
+    )
+    response = client.post(
+        "/api/generate", json={"model": "kimi/k2", "prompt": "?", "stream": False}
+    )
+    assert response.get_json()["response"] == "42"
+
+
+def test_a_mid_stream_failure_is_a_last_error_line(client, upstream):
+    stream = (
+        json.dumps({"message": {"role": "assistant", "content": "Hi"}, "done": False}).encode()
+        + b"\n"
+        + b'{"error": "the model crashed"}\n'
+    )
+    upstream.post(OLLAMA_CHAT, body=stream, content_type="application/x-ndjson")
+    body = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
+    out = client.post("/api/chat", json=body).get_data().splitlines()
+    assert json.loads(out[0])["message"]["content"] == "Hi"
+    assert "the model crashed" in json.loads(out[-1])["error"]
+    assert len(out) == 2  # no done line after the error
+
+
+def test_empty_messages_load_without_calling_a_provider(client):
+    # The strict `upstream` mock is not active: any upstream call would fail loudly.
+    answer = client.post("/api/chat", json={"model": "kimi/k2", "messages": []}).get_json()
+    assert (answer["done"], answer["done_reason"]) == (True, "load")
+    answer = client.post(
+        "/api/generate", json={"model": "m", "prompt": "", "keep_alive": 0}
+    ).get_json()
+    assert answer["done_reason"] == "unload" and answer["response"] == ""
+
+
+@pytest.mark.parametrize(
+    "path, body, status, text",
+    [
+        ("/api/chat", {"messages": []}, 400, "model is required"),
+        ("/api/chat", b"{nope", 400, "not valid JSON"),
+        ("/api/nowhere/at/all", None, 502, "local Ollama is unreachable"),
+    ],
+)
+def test_errors_under_api_use_ollamas_envelope(client, upstream, path, body, status, text):
+    if path.startswith("/api/nowhere"):
+        upstream.get("http://ollama.test" + path, body=requests.ConnectionError("refused"))
+        response = client.get(path)
+    elif isinstance(body, bytes):
+        response = client.post(path, data=body, content_type="application/json")
+    else:
+        response = client.post(path, json=body)
+    assert response.status_code == status
+    answer = response.get_json()
+    assert isinstance(answer["error"], str) and text in answer["error"]
+
+
+def test_provider_errors_keep_their_status_in_ollamas_envelope(client, upstream):
+    upstream.post(KIMI_CHAT, status=429, json={"error": {"message": "slow down"}})
+    body = {"model": "kimi/k2", "messages": [{"role": "user", "content": "x"}], "stream": False}
+    response = client.post("/api/chat", json=body)
+    assert response.status_code == 429
+    assert "slow down" in response.get_json()["error"]
+
+
+def test_wrong_method_under_api_is_405_in_ollamas_envelope(client):
+    response = client.get("/api/chat")
+    assert response.status_code == 405
+    assert "GET is not allowed" in response.get_json()["error"]
+
+
+def test_version_is_chatds(client):
+    from chatd import __version__
+
+    assert client.get("/api/version").get_json() == {"version": __version__}
+
+
+def test_tags_lists_local_models_then_prefixed_cloud_models(make_app, upstream):
+    local = {"name": "llama3.2:latest", "model": "llama3.2:latest", "size": 7, "digest": "d"}
+    upstream.get("http://ollama.test/api/tags", json={"models": [local]})
+    upstream.get("http://kimi.test/coding/v1/models", json={"data": [{"id": "k2"}]})
+    client = make_app(environ={"KIMI_API_KEY": "k"}).test_client()
+    models = client.get("/api/tags").get_json()["models"]
+    assert models[0] == local
+    assert [m["name"] for m in models[1:]] == ["kimi/k2"]
+    assert models[1]["details"]["families"] == []
+
+
+def test_tags_without_the_local_ollama_still_lists_the_cloud(make_app, upstream):
+    upstream.get("http://ollama.test/api/tags", body=requests.ConnectionError("refused"))
+    upstream.get("http://kimi.test/coding/v1/models", json={"data": [{"id": "k2"}]})
+    client = make_app(environ={"KIMI_API_KEY": "k"}).test_client()
+    assert [m["name"] for m in client.get("/api/tags").get_json()["models"]] == ["kimi/k2"]
+
+
+def test_the_rest_of_api_is_relayed_unchanged(client, upstream):
+    show = upstream.post(
+        "http://ollama.test/api/show?verbose=1",
+        json={"model_info": {}, "details": {}},
+        status=200,
+    )
+    upstream.add("DELETE", "http://ollama.test/api/delete", status=404, json={"error": "gone"})
+    response = client.post("/api/show?verbose=1", json={"model": "llama3.2"})
+    assert response.status_code == 200 and response.get_json() == {"model_info": {}, "details": {}}
+    assert json.loads(show.calls[0].request.body) == {"model": "llama3.2"}
+    response = client.delete("/api/delete", json={"model": "x"})
+    assert response.status_code == 404 and response.get_json() == {"error": "gone"}
+
+
+def test_relay_refuses_an_oversized_body_before_calling_ollama(make_app):
+    client = make_app(max_request_bytes=1000).test_client()
+    response = client.post("/api/create", data=b"x" * 2000, content_type="application/json")
+    assert response.status_code == 413
+    assert "max_request_bytes" in response.get_json()["error"]
