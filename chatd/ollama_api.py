@@ -65,8 +65,10 @@ def _neutral_calls(calls, wire: str, seen: int) -> list[ToolCallDelta]:
     for n, call in enumerate(calls or ()):
         function = call.get("function") or {}
         arguments = function.get("arguments")
-        if not isinstance(arguments, str):
-            arguments = codec.dumps(arguments or {}).decode()
+        if arguments is None:
+            arguments = ""  # a streamed call's first piece names it, its arguments follow
+        elif not isinstance(arguments, str):
+            arguments = codec.dumps(arguments).decode()
         # Ollama sends each call whole, so each one is a call of its own.
         index = seen + n if wire == "ollama" else call.get("index", n)
         out.append(ToolCallDelta(index, call.get("id"), function.get("name"), arguments))

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 
+import ollama
 import pytest
 import requests
 
 from chatd.dialects import ollama as dialect
 from chatd.errors import BadRequest, UpstreamError
 from chatd.neutral import Event, Reply, ToolCall, ToolCallDelta, Usage
+from tests.fakes import FakeOllama, FakeOpenAI
+from tests.live import clean_env, free_port, run_chatd, write_config
 
 PNG = "iVBORw0KGgoAAAANSUhEUg"
 JPEG = "/9j/4AAQSkZJRg"
@@ -438,3 +441,230 @@ def test_relay_refuses_an_oversized_body_before_calling_ollama(make_app):
     response = client.post("/api/create", data=b"x" * 2000, content_type="application/json")
     assert response.status_code == 413
     assert "max_request_bytes" in response.get_json()["error"]
+
+
+# -- live: gunicorn, loopback fakes, and the real `ollama` package ---------------------
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "weather",
+        "description": "the weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+LOCAL_MODEL = {
+    "name": "llama3.2:latest",
+    "model": "llama3.2:latest",
+    "modified_at": "2025-05-04T17:37:44.706015396-07:00",
+    "size": 2019393189,
+    "digest": "a80c4f17acd5",
+    "details": {"format": "gguf", "family": "llama", "parameter_size": "3.2B"},
+}
+SHOW = {
+    "modelfile": "FROM llama3.2",
+    "details": {"family": "llama", "format": "gguf"},
+    "model_info": {"general.architecture": "llama"},
+    "capabilities": ["completion", "tools"],
+}
+
+
+def _wants_tool(body: dict) -> bool:
+    """Call the tool on a first turn; answer in text once a tool result came back."""
+    return bool(body.get("tools")) and body["messages"][-1]["role"] != "tool"
+
+
+class FakeLocalOllama(FakeOllama):
+    """FakeOllama that also calls tools, shows a model and streams a pull, as Ollama does."""
+
+    def answer_get(self, handler, recorded):
+        if recorded.path.endswith("/api/tags"):
+            return self.send(handler, 200, {"models": [LOCAL_MODEL]})
+        return super().answer_get(handler, recorded)
+
+    def handle(self, handler, recorded):
+        if recorded.path.endswith("/api/show"):
+            return self.send(handler, 200, SHOW)
+        if recorded.path.endswith("/api/pull"):
+            lines = [{"status": "pulling manifest"}, {"status": "verifying"}, {"status": "success"}]
+            raw = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+            return self.send_raw(handler, 200, raw, "application/x-ndjson")
+        if recorded.path.endswith("/api/chat") and _wants_tool(recorded.json):
+            call = {"function": {"name": "weather", "arguments": {"city": "Oslo"}}}
+            answer = self.chat_answer(recorded.json)
+            answer["message"] = {"role": "assistant", "content": "", "tool_calls": [call]}
+            if recorded.json.get("stream"):
+                raw = json.dumps({**answer, "done": False}).encode() + b"\n"
+                last = {**answer, "message": {"role": "assistant", "content": ""}}
+                raw += json.dumps(last).encode() + b"\n"
+                return self.send_raw(handler, 200, raw, "application/x-ndjson")
+            return self.send(handler, 200, answer)
+        return super().handle(handler, recorded)
+
+
+class FakeToolOpenAI(FakeOpenAI):
+    """FakeOpenAI that calls a tool (whole, or streamed in two argument pieces)."""
+
+    def handle(self, handler, recorded):
+        if recorded.path.endswith("/chat/completions") and _wants_tool(recorded.json):
+            call = {"id": "call_77", "type": "function"}
+            if not recorded.json.get("stream"):
+                answer = self.chat_answer(recorded.json)
+                function = {"name": "weather", "arguments": '{"city": "Oslo"}'}
+                answer["choices"][0]["message"] = {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [{**call, "function": function}],
+                }
+                answer["choices"][0]["finish_reason"] = "tool_calls"
+                return self.send(handler, 200, answer)
+            pieces = [
+                {"tool_calls": [{"index": 0, **call, "function": {"name": "weather"}}]},
+                {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]},
+                {"tool_calls": [{"index": 0, "function": {"arguments": '"Oslo"}'}}]},
+            ]
+            events = [
+                {"choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in pieces
+            ]
+            events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+            raw = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
+            return self.send_raw(handler, 200, raw + b"data: [DONE]\n\n", "text/event-stream")
+        return super().handle(handler, recorded)
+
+
+@pytest.fixture(scope="module")
+def local_ollama():
+    with FakeLocalOllama("from local ollama") as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def kimi():
+    with FakeToolOpenAI("from kimi") as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def live(local_ollama, kimi, tmp_path_factory):
+    config = write_config(
+        tmp_path_factory.mktemp("ollama-api") / "chatd.toml",
+        timeout_secs=5.0,
+        first_token_timeout_secs=5.0,
+        idle_timeout_secs=5.0,
+        connect_timeout_secs=1.0,
+        threads=4,
+        ollama_url=local_ollama.url,
+        kimi_url=kimi.url + "/coding/v1",
+    )
+    with run_chatd(config, clean_env(KIMI_API_KEY="test-kimi-key-0004")) as chatd:
+        yield chatd
+
+
+@pytest.fixture
+def ollama_client(live, local_ollama, kimi):
+    local_ollama.behave("ok")
+    kimi.behave("ok")
+    client = ollama.Client(host=live.url, timeout=10)
+    yield client
+    client.close()
+
+
+LIVE_MODELS = [("llama3.2", "from local ollama"), ("kimi/k2", "from kimi")]
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+@pytest.mark.parametrize("model, reply", LIVE_MODELS)
+def test_live_chat(ollama_client, model, reply):
+    response = ollama_client.chat(model=model, messages=HELLO)
+    assert response.message.content == reply
+    assert response.done and response.done_reason == "stop"
+    assert response.prompt_eval_count > 0 and response.eval_count > 0
+
+
+@pytest.mark.parametrize("model", [m for m, _ in LIVE_MODELS])
+def test_live_chat_stream(ollama_client, model):
+    parts = list(ollama_client.chat(model=model, messages=HELLO, stream=True))
+    assert "".join(p.message.content for p in parts) == "Hello there"
+    assert [p.done for p in parts][-1] is True and not any(p.done for p in parts[:-1])
+    assert parts[-1].eval_count == 3
+
+
+@pytest.mark.parametrize("model, reply", LIVE_MODELS)
+def test_live_generate(ollama_client, model, reply):
+    assert ollama_client.generate(model=model, prompt="hello").response == reply
+    parts = list(ollama_client.generate(model=model, prompt="hello", stream=True))
+    assert "".join(p.response for p in parts) == "Hello there"
+
+
+@pytest.mark.parametrize("model", [m for m, _ in LIVE_MODELS])
+@pytest.mark.parametrize("stream", [False, True])
+def test_live_tool_round_trip(ollama_client, local_ollama, kimi, model, stream):
+    def first(answer):
+        return answer if not stream else [p for p in answer if p.message.tool_calls][0]
+
+    messages = [{"role": "user", "content": "weather in Oslo?"}]
+    answer = first(
+        ollama_client.chat(model=model, messages=messages, tools=[WEATHER_TOOL], stream=stream)
+    )
+    call = answer.message.tool_calls[0]
+    assert (call.function.name, call.function.arguments) == ("weather", {"city": "Oslo"})
+    messages += [answer.message, {"role": "tool", "content": "rain", "tool_name": "weather"}]
+    final = ollama_client.chat(model=model, messages=messages, tools=[WEATHER_TOOL])
+    assert final.message.content.startswith("from ")
+    fake = local_ollama if model == "llama3.2" else kimi
+    sent = fake.chat_requests()[-1].json["messages"]
+    assert sent[-1]["role"] == "tool" and sent[-1]["content"] == "rain"
+    if fake is kimi:
+        # An OpenAI upstream pairs the result with the call by id.
+        assert sent[-1]["tool_call_id"] == sent[-2]["tool_calls"][0]["id"]
+
+
+def test_live_list_has_local_and_prefixed_cloud_models(ollama_client):
+    models = ollama_client.list().models
+    assert [m.model for m in models] == ["llama3.2:latest", "kimi/fake-model"]
+    assert (models[0].size, models[0].details.parameter_size) == (2019393189, "3.2B")
+
+
+def test_live_show_and_pull_are_relayed_to_the_local_ollama(ollama_client):
+    shown = ollama_client.show("llama3.2")
+    assert shown.modelinfo == {"general.architecture": "llama"}
+    assert "tools" in shown.capabilities
+    statuses = [p.status for p in ollama_client.pull("llama3.2", stream=True)]
+    assert statuses == ["pulling manifest", "verifying", "success"]
+
+
+def test_live_version(live):
+    from chatd import __version__
+
+    assert requests.get(live.url + "/api/version", timeout=5).json() == {"version": __version__}
+
+
+def test_live_errors_reach_the_client_as_ollama_errors(ollama_client, kimi):
+    with pytest.raises(ollama.ResponseError) as caught:
+        ollama_client.chat(model="openrouter/x/y", messages=HELLO)
+    assert caught.value.status_code == 404 and "OPENROUTER_API_KEY" in caught.value.error
+    kimi.behave("status", status=500, body={"error": {"message": "kimi is on fire"}})
+    with pytest.raises(ollama.ResponseError) as caught:
+        ollama_client.chat(model="kimi/k2", messages=HELLO)
+    assert caught.value.status_code == 502 and "kimi is on fire" in caught.value.error
+
+
+def test_live_a_cut_stream_ends_in_an_error_the_client_raises(ollama_client, local_ollama):
+    local_ollama.behave("ok", error_after=1)
+    parts = ollama_client.chat(model="llama3.2", messages=HELLO, stream=True)
+    with pytest.raises(ollama.ResponseError, match="the model crashed"):
+        list(parts)
+
+
+def test_live_the_local_ollama_down_is_a_clean_502(tmp_path):
+    config = write_config(
+        tmp_path / "chatd.toml", ollama_url=f"http://127.0.0.1:{free_port()}", threads=2
+    )
+    with run_chatd(config, clean_env()) as down:
+        with (
+            ollama.Client(host=down.url, timeout=10) as client,
+            pytest.raises(ollama.ResponseError) as caught,
+        ):
+            client.show("llama3.2")
+        assert caught.value.status_code == 502
+        assert "unreachable" in caught.value.error
