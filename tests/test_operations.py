@@ -316,3 +316,11 @@ def test_check_config_shows_fingerprints_never_keys(tmp_path):
     bad.write_text("[chatd]\nretries = -1\n")
     result = chatd_cli("check-config", "--config", str(bad), env=clean_env())
     assert result.returncode == 1 and "retries" in result.stderr
+
+
+def test_version_is_chatds_not_gunicorns():
+    from chatd import __version__
+
+    result = chatd_cli("--version", env=clean_env())
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"chatd {__version__}"
