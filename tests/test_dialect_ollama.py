@@ -668,3 +668,32 @@ def test_live_the_local_ollama_down_is_a_clean_502(tmp_path):
             client.show("llama3.2")
         assert caught.value.status_code == 502
         assert "unreachable" in caught.value.error
+
+
+# -- a name no prefix matched --------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["openai/gpt-4o", "openruoter/x/y"])
+def test_unmatched_prefix_is_named_when_ollama_says_not_found(client, upstream, name):
+    upstream.post(OLLAMA_CHAT, status=404, json={"error": f"model '{name}' not found"})
+    body = {"model": name, "messages": [{"role": "user", "content": "x"}]}
+    response = client.post("/chat", json=body)
+    assert response.status_code == 502
+    message = response.get_json()["error"]["message"]
+    assert "not found" in message and f"no provider prefix matched {name!r}" in message
+    assert "openrouter/" in message and "kimi/" in message
+
+
+def test_unmatched_prefix_is_named_when_ollama_is_down(make_app, upstream):
+    upstream.post(OLLAMA_CHAT, body=requests.ConnectionError("refused"))
+    client = make_app(retries=0).test_client()
+    body = {"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "x"}]}
+    response = client.post("/api/chat", json=body)
+    assert "unreachable" in response.get_json()["error"]
+    assert "no provider prefix matched" in response.get_json()["error"]
+
+
+def test_a_matched_prefix_gets_no_hint(client, upstream):
+    upstream.post(OLLAMA_CHAT, status=404, json={"error": "model 'x' not found"})
+    body = {"model": "ollama/x", "messages": [{"role": "user", "content": "x"}]}
+    assert "prefix" not in client.post("/chat", json=body).get_json()["error"]["message"]
