@@ -697,3 +697,15 @@ def test_a_matched_prefix_gets_no_hint(client, upstream):
     upstream.post(OLLAMA_CHAT, status=404, json={"error": "model 'x' not found"})
     body = {"model": "ollama/x", "messages": [{"role": "user", "content": "x"}]}
     assert "prefix" not in client.post("/chat", json=body).get_json()["error"]["message"]
+
+
+def test_fields_ollama_ignores_are_ignored_and_context_too():
+    body = {"model": "m", "prompt": "x", "context": [1, 2, 3], "truncate": True, "shift": False}
+    assert dialect.parse_generate(body).messages == [{"role": "user", "content": "x"}]
+
+
+def test_relay_says_504_when_the_local_ollama_is_too_slow(client, upstream):
+    upstream.get("http://ollama.test/api/ps", body=requests.ReadTimeout("slow"))
+    response = client.get("/api/ps")
+    assert response.status_code == 504
+    assert "did not answer in time" in response.get_json()["error"]
