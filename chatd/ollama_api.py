@@ -238,7 +238,7 @@ def _local_models(registry) -> list[dict]:
 # -- everything else: the local Ollama, relayed --------------------------------------
 
 
-@bp.route("/<path:rest>", methods=["GET", "HEAD", "POST", "PUT", "DELETE"])
+@bp.route("/<path:rest>", methods=["GET", "HEAD", "POST", "DELETE"])
 def relay(rest: str):
     """Pass the call to the local Ollama unchanged; relay its answer as it comes."""
     if rest in SERVED_HERE:
