@@ -21,19 +21,21 @@ import urllib3
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import MethodNotAllowed
 
-from chatd import __version__, codec
-from chatd.chat import fallback_headers, read_body
+from chatd import __version__
+from chatd.chat import fallback_headers, get_reply, open_stream, read_body
 from chatd.dialects import ollama as dialect
-from chatd.errors import ChatdError, UpstreamError, UpstreamTimeout, trim
-from chatd.neutral import ChatRequest, Event, Reply, ToolCall, ToolCallDelta, Usage
+from chatd.errors import UpstreamError, UpstreamTimeout, trim
+from chatd.neutral import ChatRequest
 from chatd.registry import MODELS_TIMEOUT
+from chatd.streaming import counted, stream_response
 from chatd.validation import parse_json
 
 log = logging.getLogger("chatd.ollama_api")
 
 bp = Blueprint("ollama", __name__, url_prefix="/api")
 
-NDJSON_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# The relay's answers (a pull streams for minutes): not cached, not buffered by a proxy.
+RELAY_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # Relayed both ways: what says how a body is encoded, never connection headers.
 RELAYED_HEADERS = ("Content-Type", "Content-Encoding")
 RELAY_CHUNK = 64 * 1024
@@ -58,92 +60,6 @@ NO_DETAILS = {
 # -- /api/chat and /api/generate ------------------------------------------------
 
 
-# NOTE: a bridge to the adapters' pre-split API (chatd shape + raw events);
-# replaced by adapter.reply/open_stream when the wire/dialect split lands.
-def _neutral_calls(calls, wire: str, seen: int) -> list[ToolCallDelta]:
-    out = []
-    for n, call in enumerate(calls or ()):
-        function = call.get("function") or {}
-        arguments = function.get("arguments")
-        if arguments is None:
-            arguments = ""  # a streamed call's first piece names it, its arguments follow
-        elif not isinstance(arguments, str):
-            arguments = codec.dumps(arguments).decode()
-        # Ollama sends each call whole, so each one is a call of its own.
-        index = seen + n if wire == "ollama" else call.get("index", n)
-        out.append(ToolCallDelta(index, call.get("id"), function.get("name"), arguments))
-    return out
-
-
-def _usage(counts: dict | None) -> Usage | None:
-    if not counts:
-        return None
-    return Usage(counts.get("prompt_tokens") or 0, counts.get("completion_tokens") or 0)
-
-
-def _reply(adapter, chat_request: ChatRequest, upstream_model: str) -> Reply:
-    data = adapter.complete(dialect.for_wire(chat_request, adapter.wire), upstream_model)
-    parts = adapter.translate(adapter.parse_response, data)
-    message = parts["message"]
-    deltas = _neutral_calls(message.get("tool_calls"), adapter.wire, 0)
-    return Reply(
-        content=message.get("content") or "",
-        thinking=message.get("thinking") or "",
-        tool_calls=[ToolCall(d.id or f"call_{d.index}", d.name or "", d.arguments) for d in deltas],
-        finish_reason=parts.get("done_reason"),
-        usage=_usage(parts.get("usage")) or Usage(),
-        raw=data if adapter.wire == "ollama" else None,
-    )
-
-
-def _events(upstream, adapter) -> Iterator[Event]:
-    seen = 0
-    for raw in upstream:
-        parts = adapter.translate(adapter.parse_event, raw)
-        calls = _neutral_calls(parts.get("tool_calls"), adapter.wire, seen)
-        seen += len(calls)
-        yield Event(
-            content=parts.get("content") or "",
-            thinking=parts.get("thinking") or "",
-            tool_calls=calls or None,
-            finish_reason=parts.get("done_reason"),
-            usage=_usage(parts.get("usage")),
-            raw=raw if adapter.wire == "ollama" else None,
-        )
-
-
-def _open_stream(chat_request: ChatRequest):
-    def attempt(adapter, route):
-        return adapter.open_stream(
-            dialect.for_wire(chat_request, adapter.wire), route.upstream_model
-        )
-
-    return attempt
-
-
-def _lines_or_error(lines: Iterator[bytes], upstream, record) -> Iterator[bytes]:
-    """``lines``; once the upstream fails, Ollama's last line ``{"error": ...}``."""
-    try:
-        yield from lines
-        record.stream_end = "done"
-    except ChatdError as e:
-        record.begin()  # the generator may run after the view returned
-        record.stream_end = f"error:{e.error_type}"
-        log.warning("stream from %s cut: %s", record.provider, e.message)
-        yield dialect.ndjson(dialect.render_error(e))
-    finally:
-        upstream.close()
-
-
-def _counted(events: Iterator[Event], record) -> Iterator[Event]:
-    usage = None
-    for event in events:
-        usage = event.usage or usage
-        yield event
-    if usage is not None:
-        record.count_tokens(usage.as_dict())
-
-
 def _answer(chat_request: ChatRequest, generate: bool):
     started = time.monotonic()
     if dialect.is_load(chat_request):
@@ -154,28 +70,20 @@ def _answer(chat_request: ChatRequest, generate: bool):
     dispatcher = current_app.extensions["chatd"].dispatcher
     record = request.record
     if chat_request.stream:
-        outcome = dispatcher.run(chat_request, _open_stream(chat_request), record)
+        outcome = dispatcher.run(chat_request, open_stream(chat_request), record)
         upstream = outcome.result
-        events = _counted(_events(upstream, outcome.adapter), record)
-        lines = dialect.render_stream(
-            events, chat_request.model, generate=generate, started=started
+        rendered = dialect.render_stream(
+            counted(upstream, record), chat_request.model, generate=generate, started=started
         )
-        response = Response(
-            _lines_or_error(lines, upstream, record),
-            mimetype=dialect.NDJSON,
-            headers={**NDJSON_HEADERS, **fallback_headers(outcome)},
+        response = stream_response(
+            rendered, upstream, record, dialect.render_stream_error, mimetype=dialect.NDJSON
         )
-        response.call_on_close(upstream.close)
+        response.headers.update(fallback_headers(outcome))
         return response
-    outcome = dispatcher.run(
-        chat_request,
-        lambda adapter, route: _reply(adapter, chat_request, route.upstream_model),
-        record,
-    )
-    record.count_tokens(outcome.result.usage.as_dict())
-    body = dialect.render_reply(
-        outcome.result, chat_request.model, generate=generate, started=started
-    )
+    outcome = dispatcher.run(chat_request, get_reply(chat_request), record)
+    reply = outcome.result
+    record.count_tokens(reply.usage.as_dict())
+    body = dialect.render_reply(reply, chat_request.model, generate=generate, started=started)
     return body, 200, fallback_headers(outcome)
 
 
@@ -273,7 +181,7 @@ def relay(rest: str):
         ) from None
     out = {h: upstream.headers[h] for h in RELAYED_HEADERS if h in upstream.headers}
     response = Response(
-        _relayed(upstream, record), status=upstream.status_code, headers={**out, **NDJSON_HEADERS}
+        _relayed(upstream, record), status=upstream.status_code, headers={**out, **RELAY_HEADERS}
     )
     response.call_on_close(upstream.close)
     return response

@@ -61,20 +61,32 @@ def test_unlimited_num_predict_sets_no_max_tokens(predict):
     assert dialect.parse_chat(body).max_tokens is None
 
 
-def test_ollama_only_knobs_come_back_for_an_ollama_wire_provider():
+def test_generate_keeps_ollamas_knobs_in_a_chat_shaped_native_body():
     body = {
         "model": "m",
-        "messages": [{"role": "user", "content": "x"}],
+        "prompt": "x",
+        "system": "be brief",
+        "images": [PNG],
         "options": {"num_ctx": 8192, "temperature": 0.2, "num_predict": 5},
         "keep_alive": "10m",
         "think": True,
+        "context": [1, 2],
     }
-    request = dialect.parse_chat(body)
-    assert dialect.for_wire(request, "openai") is request
-    ollama = dialect.for_wire(request, "ollama")
-    assert ollama.options == {"num_ctx": 8192, "keep_alive": "10m", "think": True}
-    assert (ollama.temperature, ollama.max_tokens) == (0.2, 5)
-    assert request.options == {}  # the original is not changed
+    request = dialect.parse_generate(body)
+    # What an Ollama-wire provider is sent: /api/chat's shape, the knobs where they were.
+    assert request.native == {
+        "model": "m",
+        "options": {"num_ctx": 8192, "temperature": 0.2, "num_predict": 5},
+        "keep_alive": "10m",
+        "think": True,
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "x", "images": [PNG]},
+        ],
+    }
+    # What any other wire is sent: chatd's fields, no Ollama-only knob.
+    assert (request.temperature, request.max_tokens, request.options) == (0.2, 5, {})
+    assert request.dialect == "ollama"
 
 
 @pytest.mark.parametrize(
@@ -232,10 +244,10 @@ def test_generate_stream_says_response():
     assert out[-1]["done_reason"] == "length"
 
 
-def test_error_envelope_is_the_message_alone():
-    assert dialect.render_error(UpstreamError("kimi answered 500: boom")) == {
-        "error": "kimi answered 500: boom"
-    }
+def test_a_cut_streams_last_line_is_the_message_alone():
+    body = UpstreamError("kimi answered 500: boom").to_dict()
+    body["error"]["request_id"] = "r1"
+    assert lines([dialect.render_stream_error(body)]) == [{"error": "kimi answered 500: boom"}]
 
 
 # -- /api/* through the Flask client -------------------------------------------------
@@ -320,7 +332,7 @@ def test_api_chat_streams_ndjson_from_an_ollama_wire_provider(client, upstream):
 
 
 def test_api_generate_answers_with_response(client, upstream):
-    upstream.post(
+    call = upstream.post(
         KIMI_CHAT,
         json=OPENAI_ANSWER
         | {
@@ -333,10 +345,42 @@ def test_api_generate_answers_with_response(client, upstream):
             ]
         },
     )
-    response = client.post(
-        "/api/generate", json={"model": "kimi/k2", "prompt": "?", "stream": False}
-    )
+    body = {
+        "model": "kimi/k2",
+        "prompt": "?",
+        "stream": False,
+        "options": {"num_ctx": 4096, "temperature": 0.1},
+        "keep_alive": "1m",
+    }
+    response = client.post("/api/generate", json=body)
     assert response.get_json()["response"] == "42"
+    sent = json.loads(call.calls[0].request.body)
+    assert sent["messages"] == [{"role": "user", "content": "?"}] and sent["temperature"] == 0.1
+    assert "num_ctx" not in sent and "options" not in sent and "keep_alive" not in sent
+
+
+def test_api_generate_to_an_ollama_wire_provider_keeps_its_knobs(client, upstream):
+    answer = {"message": {"role": "assistant", "content": "42"}, "done": True, "eval_count": 2}
+    call = upstream.post(OLLAMA_CHAT, json=answer)
+    body = {
+        "model": "llama3.2",
+        "system": "be brief",
+        "prompt": "?",
+        "stream": False,
+        "options": {"num_ctx": 4096},
+        "keep_alive": "1m",
+        "think": False,
+    }
+    response = client.post("/api/generate", json=body)
+    assert response.get_json()["response"] == "42"
+    assert response.get_json()["eval_count"] == 2
+    sent = json.loads(call.calls[0].request.body)
+    assert sent["messages"] == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "?"},
+    ]
+    assert (sent["options"], sent["keep_alive"], sent["think"]) == ({"num_ctx": 4096}, "1m", False)
+    assert "prompt" not in sent and "system" not in sent
 
 
 def test_a_mid_stream_failure_is_a_last_error_line(client, upstream):

@@ -8,9 +8,10 @@ answers as Ollama does: one object, or NDJSON lines ending with a ``done``
 line that carries ``done_reason``, token counts and durations in nanoseconds.
 
 Knobs only Ollama understands (``keep_alive``, ``think`` as a bool,
-``num_ctx``, ``top_k``, ...) reach an Ollama-wire provider untouched through
-:func:`for_wire`; other wire formats never see them, so an OpenAI-style
-upstream is not sent fields it would refuse.
+``num_ctx``, ``top_k``, ...) stay out of the request's ``options``: they reach
+an Ollama-wire provider untouched in ``request.native`` (the body as Ollama's
+``/api/chat`` takes it, which that wire passes on), and other wire formats
+never see them, so an OpenAI-style upstream is not sent fields it would refuse.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from chatd import codec
-from chatd.errors import BadRequest, ChatdError
+from chatd.errors import BadRequest
 from chatd.neutral import LENGTH, STOP, ChatRequest, Event, Reply, ToolCall, Usage
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -29,8 +30,8 @@ THINK_LEVELS = ("low", "medium", "high", "max")
 OPTION_FIELDS = {"temperature": "temperature", "top_p": "top_p", "seed": "seed", "stop": "stop"}
 # Ollama options with the same name and meaning in OpenAI's API: safe for any wire.
 PORTABLE_OPTIONS = frozenset({"presence_penalty", "frequency_penalty"})
-# Top-level knobs Ollama reads beside `options` (the Ollama wire puts them back there).
-OLLAMA_TOP_LEVEL = ("keep_alive", "think", "logprobs", "top_logprobs")
+# /api/generate fields with no /api/chat counterpart (read into messages, refused or ignored).
+GENERATE_ONLY = ("prompt", "system", "images", "suffix", "raw", "template", "context")
 # The first bytes of an image's base64 tell its type; Ollama's images carry none.
 IMAGE_TYPES = (("iVBOR", "image/png"), ("/9j/", "image/jpeg"), ("R0lGOD", "image/gif"))
 IMAGE_TYPES += (("UklGR", "image/webp"),)
@@ -248,37 +249,21 @@ def parse_generate(body) -> ChatRequest:
     if system:
         messages.append({"role": "system", "content": system})
     if prompt:
-        messages.append({"role": "user", "content": prompt, "images": body.get("images")})
+        messages.append({"role": "user", "content": prompt})
+        if body.get("images"):
+            messages[-1]["images"] = body["images"]
     # NOTE: `context` (deprecated token history) is accepted and ignored.
+    # What an Ollama-wire provider is sent: the same call as /api/chat takes it,
+    # the client's other knobs (options, keep_alive, think, format) kept.
+    native = {k: v for k, v in body.items() if k not in GENERATE_ONLY}
+    native["messages"] = messages
+    fields["native"] = native
     return ChatRequest(messages=_messages(messages), **fields)
 
 
 def is_load(request: ChatRequest) -> bool:
     """Whether the request only loads or unloads a model (no turns), as Ollama allows."""
     return not request.messages
-
-
-def for_wire(request: ChatRequest, wire: str) -> ChatRequest:
-    """Return ``request`` with the Ollama-only knobs back in, for an Ollama-wire provider.
-
-    The Ollama wire puts ``keep_alive``/``think`` at the top level and the
-    rest into ``options``, where the client had them.
-    """
-    native = request.native
-    if wire != "ollama" or request.dialect != "ollama" or not native:
-        return request
-    extras = {k: v for k, v in (native.get("options") or {}).items() if k not in OPTION_FIELDS}
-    extras.pop("num_predict", None)
-    extras.pop("reasoning_effort", None)
-    for key in OLLAMA_TOP_LEVEL:
-        if native.get(key) is not None:
-            extras[key] = native[key]
-    if not extras:
-        return request
-    options = {k: v for k, v in request.options.items() if k != "reasoning_effort"}
-    copy = ChatRequest(**{name: getattr(request, name) for name in ChatRequest.__slots__})
-    copy.options = {**options, **extras}
-    return copy
 
 
 # -- rendering answers -----------------------------------------------------------
@@ -398,6 +383,6 @@ def render_stream(
     yield ndjson(last)
 
 
-def render_error(error: ChatdError) -> dict:
-    """Ollama's error envelope: the message alone."""
-    return {"error": error.message}
+def render_stream_error(body: dict) -> bytes:
+    """A cut stream's last line, as Ollama ends one: ``{"error": text}``."""
+    return ndjson({"error": body["error"]["message"]})
