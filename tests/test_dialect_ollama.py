@@ -326,9 +326,8 @@ def test_api_chat_streams_ndjson_from_an_ollama_wire_provider(client, upstream):
     out = [json.loads(line) for line in response.get_data().splitlines()]
     assert out[0]["message"]["content"] == "Hi"
     assert out[-1]["done"] is True and out[-1]["total_duration"] == 5000
-    sent = json.loads(call.calls[0].request.body)
-    assert sent["stream"] is True and sent["options"] == {"num_ctx": 4096}
-    assert sent["keep_alive"] == "1m"
+    # The client's own body, as it was; chatd sets only the model and stream.
+    assert json.loads(call.calls[0].request.body) == {**body, "stream": True}
 
 
 def test_api_generate_answers_with_response(client, upstream):
@@ -743,9 +742,15 @@ def test_a_matched_prefix_gets_no_hint(client, upstream):
     assert "prefix" not in client.post("/chat", json=body).get_json()["error"]["message"]
 
 
-def test_fields_ollama_ignores_are_ignored_and_context_too():
+def test_other_fields_go_only_to_an_ollama_wire_provider_and_context_nowhere():
     body = {"model": "m", "prompt": "x", "context": [1, 2, 3], "truncate": True, "shift": False}
-    assert dialect.parse_generate(body).messages == [{"role": "user", "content": "x"}]
+    request = dialect.parse_generate(body)
+    assert request.messages == [{"role": "user", "content": "x"}] and request.options == {}
+    assert {k: request.native.get(k) for k in ("truncate", "shift")} == {
+        "truncate": True,
+        "shift": False,
+    }
+    assert "context" not in request.native
 
 
 def test_relay_says_504_when_the_local_ollama_is_too_slow(client, upstream):
