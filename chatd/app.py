@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from flask import Flask, Request, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from chatd import anthropic_api, chat, health, openai_api
+from chatd import anthropic_api, chat, health, ollama_api, openai_api
 from chatd.auth import TokenCheck
 from chatd.codec import OrjsonProvider
 from chatd.config import Settings, check_exposure, effective_tokens, load_settings
-from chatd.dialects import anthropic
+from chatd.dialects import anthropic, ollama
 from chatd.dispatch import Dispatcher
 from chatd.errors import register_error_handlers
 from chatd.metrics import Metrics
@@ -107,11 +107,14 @@ def create_app(
         app.logger.warning("no [auth] tokens: every client that can reach chatd may call it")
 
     # Anthropic's clients read errors in Anthropic's envelope.
-    register_error_handlers(app, {anthropic_api.PREFIX: anthropic.error_body})
+    register_error_handlers(
+        app, {anthropic_api.PREFIX: anthropic.error_body, ollama_api.PREFIX: ollama.error_body}
+    )
     app.register_blueprint(chat.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openai_api.bp)
     app.register_blueprint(anthropic_api.bp)
+    app.register_blueprint(ollama_api.bp)
     app.after_request(finish_responses(metrics))
     return app
 

@@ -1,5 +1,7 @@
 """chatd.chat ~~~ The dispatch routes: ``POST /chat`` and ``GET /chat/providers``.
 
+``GET /providers`` answers like ``/chat/providers``: the seed's Go service named it so.
+
 Views stay thin: validate, resolve, look up, call, answer. They hold no
 ``try``: the error table in :mod:`chatd.errors` maps every failure.
 """
@@ -82,6 +84,7 @@ def dispatch():
 
 
 @bp.get("/chat/providers")
+@bp.get("/providers")
 def list_providers():
     """List the registered providers and whether each can take calls now."""
     chatd = current_app.extensions["chatd"]

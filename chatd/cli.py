@@ -3,7 +3,8 @@
 ``chatd --config PATH`` checks the config, then replaces itself with gunicorn
 running on ``gunicorn.conf.py`` (so signals reach gunicorn's master directly);
 arguments it does not know are passed on to gunicorn (``--bind``, ``--workers``).
-``chatd check-config --config PATH`` prints what the config resolves to.
+``chatd check-config --config PATH`` prints what the config resolves to;
+``chatd --version`` prints chatd's version (not gunicorn's).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from chatd import __version__
 from chatd.config import ConfigError, effective_tokens, load_settings, resolve_key
 
 
@@ -74,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Run the chatd LLM dispatcher under gunicorn.",
         epilog="Other arguments are passed on to gunicorn (e.g. --bind 127.0.0.1:9000).",
     )
+    parser.add_argument("--version", action="version", version=f"chatd {__version__}")
     parser.add_argument(
         "--config", help="TOML config (default: $CHATD_CONFIG or config/chatd.toml)"
     )

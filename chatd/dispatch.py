@@ -72,6 +72,14 @@ class Outcome:
         return self.tried[-1]
 
 
+def _not_found_or_down(error: Exception) -> bool:
+    """The upstream said "not found", or could not be reached (no status, worth a retry)."""
+    if not isinstance(error, UpstreamError):
+        return False
+    status = error.details.get("upstream_status")
+    return status == 404 or (status is None and error.retryable)
+
+
 class Dispatcher:
     def __init__(self, registry: Registry, settings: Settings, metrics: Metrics | None = None):
         self.registry = registry
@@ -149,6 +157,9 @@ class Dispatcher:
                 result, secs = self._attempts(adapter, route, attempt, record, deadline)
                 return Outcome(result, adapter, route, tried, secs)
             except MOVE_ON as e:
+                if _not_found_or_down(e):
+                    hint = self.registry.router.no_prefix_hint(name)
+                    e.message = f"{e.message}; {hint}" if hint else e.message
                 last = len(tried) == len(routes)
                 out_of_time = not last and deadline.remaining() <= 0
                 if (isinstance(e, UpstreamError) and e.request_rejected) or last or out_of_time:

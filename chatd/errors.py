@@ -66,6 +66,13 @@ class ProviderNotFound(ChatdError):
     error_type = "provider_not_found"
 
 
+class ModelNotFound(ChatdError):
+    """No registered provider lists a model of this name."""
+
+    status_code = 404
+    error_type = "model_not_found"
+
+
 class ProviderDisabled(ChatdError):
     """The provider is registered but switched off by ``disabled_providers``."""
 

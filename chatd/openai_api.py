@@ -14,6 +14,7 @@ from flask import Blueprint, current_app, request
 
 from chatd import chat
 from chatd.dialects import openai as dialect
+from chatd.errors import ModelNotFound
 from chatd.streaming import counted, stream_response
 from chatd.validation import build_openai_request, parse_json
 
@@ -48,6 +49,16 @@ def list_models():
     """List what every registered provider serves, named as chatd routes it."""
     registry = current_app.extensions["chatd"].registry
     return {"object": "list", "data": registry.list_models()}
+
+
+@bp.get("/models/<path:model_id>")
+def retrieve_model(model_id: str):
+    """One model of /v1/models (the OpenAI SDK's ``models.retrieve``); 404 if none lists it."""
+    registry = current_app.extensions["chatd"].registry
+    for model in registry.list_models():
+        if model["id"] == model_id:
+            return model
+    raise ModelNotFound(f"model {model_id!r} is not listed by any registered provider")
 
 
 bp.add_url_rule("/chat", "dispatch", chat.dispatch, methods=["POST"])

@@ -48,6 +48,22 @@ class Router:
                 return self._route(spec, name[: -len(suffix)], name, suffix)
         return Route(self.default.name if self.default else DEFAULT_PROVIDER, name)
 
+    def no_prefix_hint(self, name: str) -> str | None:
+        """Say that ``name`` matched no provider's prefix or suffix, for when the
+        local Ollama, where such names go as the seed routes them, cannot serve it.
+
+        ``openai/gpt-4o`` or a typo (``openruoter/x/y``) would otherwise fail
+        with Ollama's bare "not found". None when a prefix or suffix matched.
+        """
+        if any(name.startswith(prefix) for prefix, _ in self.prefixes) or any(
+            name.endswith(suffix) for suffix, _ in self.suffixes
+        ):
+            return None
+        known = ", ".join(self.known_prefixes())
+        return (
+            f"no provider prefix matched {name!r}, so it went to the local Ollama (known: {known})"
+        )
+
     @staticmethod
     def _route(spec: ProviderSpec, model: str, name: str, affix: str) -> Route:
         if spec.model_rule is not None:

@@ -9,6 +9,7 @@ provider-native knob in the wrong place (``top_k``, which belongs in
 
 from __future__ import annotations
 
+import difflib
 import re
 
 from chatd import codec
@@ -190,9 +191,8 @@ def build_chat_request(
     unknown = body.keys() - _ALLOWED
     if unknown:
         name = sorted(unknown)[0]
-        raise BadRequest(
-            f"unknown field {name!r}; provider-native parameters go in 'options'",
-        )
+        hint = _suggest(name, _ALLOWED) or "provider-native parameters go in 'options'"
+        raise BadRequest(f"unknown field {name!r}; {hint}")
     model = _check_model_name(body.get("model"), "model")
 
     max_tokens = body.get("max_tokens")
@@ -255,6 +255,46 @@ def build_chat_request(
 _ALLOWED = frozenset(ChatRequest.__slots__) - {"request_id", "dialect", "native"}
 
 
+# OpenAI (and OpenRouter) request fields that /v1 passes on in `options`.
+OPENAI_FIELDS = frozenset(
+    {
+        "response_format",
+        "max_completion_tokens",
+        "stream_options",
+        "n",
+        "user",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "parallel_tool_calls",
+        "store",
+        "metadata",
+        "service_tier",
+        "reasoning_effort",
+        "prompt_cache_key",
+        "presence_penalty",
+        "frequency_penalty",
+        "modalities",
+        "audio",
+        "prediction",
+        "web_search_options",
+        "verbosity",
+        "safety_identifier",
+        "top_k",
+        "min_p",
+        "top_a",
+        "repetition_penalty",
+        "reasoning",
+    }
+)
+
+
+def _suggest(name: str, known: frozenset[str]) -> str | None:
+    """Return "did you mean 'temperature'?" for a near miss of a known field, else None."""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+    return f"did you mean {close[0]!r}?" if close else None
+
+
 def _format_from(response_format) -> str | dict | None:
     """Map OpenAI's ``response_format`` to chatd's ``format``."""
     if not isinstance(response_format, dict):
@@ -291,6 +331,11 @@ def build_openai_request(body) -> tuple[ChatRequest, bool]:
         fields["max_tokens"] = native.pop("max_completion_tokens")
     if native.get("response_format") is not None:
         fields["format"] = _format_from(native["response_format"])
+    for name in sorted(native.keys() - OPENAI_FIELDS):
+        # Passed on as a provider-native parameter, unless it is a typo of a known field.
+        hint = _suggest(name, _ALLOWED | OPENAI_FIELDS)
+        if hint:
+            raise BadRequest(f"unknown field {name!r}; {hint}")
     stream_options = native.pop("stream_options", None) or {}
     if not isinstance(stream_options, dict):
         raise BadRequest("stream_options must be an object")

@@ -67,6 +67,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         self.server.fake.handle(self, self._record())
 
+    def do_DELETE(self):  # Ollama's /api/delete, relayed by chatd's /api
+        self.server.fake.handle(self, self._record())
+
 
 class FakeUpstream:
     """Base of the fakes: the server, the recording and the misbehaviours."""

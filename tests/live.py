@@ -120,7 +120,7 @@ def run_chatd(config_path: Path, env: dict[str, str], *args: str, workers: int =
             try:
                 if requests.get(url + "/health", timeout=1).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # still booting, or loaded
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"chatd did not start: {Path(log_file.name).read_text()}")

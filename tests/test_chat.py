@@ -52,3 +52,26 @@ def test_probe_answers_are_cached(make_app, upstream):
     for _ in range(3):
         assert client.get("/chat/providers").get_json()["providers"]["ollama"] is True
     assert probe.call_count == 1
+
+
+def test_providers_answers_like_chat_providers(make_app, upstream):
+    # The seed's Go service named the route /providers.
+    upstream.get(PROBE, json={"version": "0.12.0"})
+    client = make_app(environ={}).test_client()
+    assert client.get("/providers").get_json() == client.get("/chat/providers").get_json()
+
+
+def test_v1_models_retrieve_answers_one_model(make_app, upstream):
+    upstream.get("http://ollama.test/api/tags", json={"models": [{"name": "llama3.2:latest"}]})
+    upstream.get("http://kimi.test/coding/v1/models", json={"data": [{"id": "moonshot/k2"}]})
+    client = make_app(environ={"KIMI_API_KEY": "k"}).test_client()
+    assert client.get("/v1/models/kimi/moonshot/k2").get_json() == {
+        "id": "kimi/moonshot/k2",
+        "object": "model",
+        "created": 0,
+        "owned_by": "kimi",
+    }
+    response = client.get("/v1/models/kimi/nothing")
+    assert response.status_code == 404
+    error = response.get_json()["error"]
+    assert error["code"] == "model_not_found" and "kimi/nothing" in error["message"]

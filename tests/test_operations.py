@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -316,3 +318,27 @@ def test_check_config_shows_fingerprints_never_keys(tmp_path):
     bad.write_text("[chatd]\nretries = -1\n")
     result = chatd_cli("check-config", "--config", str(bad), env=clean_env())
     assert result.returncode == 1 and "retries" in result.stderr
+
+
+def test_version_is_chatds_not_gunicorns():
+    from chatd import __version__
+
+    result = chatd_cli("--version", env=clean_env())
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"chatd {__version__}"
+
+
+def test_make_run_installs_only_what_serving_needs(tmp_path):
+    # On a fresh machine (no venv yet), `make run` plans chatd's install alone.
+    root = Path(__file__).resolve().parent.parent
+    venv = tmp_path / "venv"
+    plan = subprocess.run(
+        ["make", "-n", "run", f"VENV={venv}"], cwd=root, capture_output=True, text=True, timeout=30
+    )
+    assert plan.returncode == 0, plan.stderr
+    assert "pip install --quiet -e .\n" in plan.stdout
+    assert "[test" not in plan.stdout and "lint" not in plan.stdout
+    plan = subprocess.run(
+        ["make", "-n", "test", f"VENV={venv}"], cwd=root, capture_output=True, text=True, timeout=30
+    )
+    assert "-e '.[test]'" in plan.stdout and "lint" not in plan.stdout

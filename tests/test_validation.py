@@ -158,3 +158,23 @@ def test_openai_rejections_name_the_field(body, field):
     with pytest.raises(BadRequest) as raised:
         build_openai_request(body)
     assert field in str(raised.value)
+
+
+@pytest.mark.parametrize("build", [build_chat_request, build_openai_request])
+@pytest.mark.parametrize(
+    "typo, meant", [("temprature", "temperature"), ("max_token", "max_tokens")]
+)
+def test_a_typo_is_refused_on_chat_and_v1_with_the_closest_field(build, typo, meant):
+    with pytest.raises(BadRequest, match=f"unknown field '{typo}'; did you mean '{meant}'"):
+        build({"model": "m", "messages": MESSAGES, typo: 1})
+
+
+def test_an_unknown_field_far_from_any_points_at_options_on_chat():
+    with pytest.raises(BadRequest, match="go in 'options'"):
+        build_chat_request({"model": "m", "messages": MESSAGES, "num_ctx": 1})
+
+
+def test_v1_still_passes_on_provider_native_fields_near_known_ones():
+    # top_k is one letter from top_p, and OpenRouter's own parameter.
+    request, _ = build_openai_request({"model": "m", "messages": MESSAGES, "top_k": 5})
+    assert request.options == {"top_k": 5}
