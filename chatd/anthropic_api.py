@@ -34,14 +34,19 @@ def create_message():
     if chat_request.stream:
         outcome = dispatcher.run(chat_request, chat.open_stream(chat_request), record)
         upstream = outcome.result
-        rendered = anthropic.render_stream(counted(upstream, record), chat_request.model)
+        # An Anthropic upstream's own events go through as they came.
+        passthrough = outcome.adapter.wire == "anthropic"
+        rendered = anthropic.render_stream(
+            counted(upstream, record), chat_request.model, passthrough
+        )
         response = stream_response(rendered, upstream, record, anthropic.render_stream_error)
         response.headers.update(chat.fallback_headers(outcome))
         return response
     outcome = dispatcher.run(chat_request, chat.get_reply(chat_request), record)
     reply = outcome.result
     record.count_tokens(reply.usage.as_dict())
-    return anthropic.render_reply(reply, chat_request.model), 200, chat.fallback_headers(outcome)
+    body = anthropic.render_reply(reply, chat_request.model, outcome.adapter.wire == "anthropic")
+    return body, 200, chat.fallback_headers(outcome)
 
 
 @bp.post(PREFIX + "/count_tokens")

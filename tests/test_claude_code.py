@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TEST_KEYS
+from tests.fakes_wire import FakeAnthropic
 from tests.live import clean_env, run_chatd, write_config
 from tests.test_dialect_anthropic import LIVE_MODELS, ScriptedOllama, ScriptedOpenAI
 
@@ -151,3 +152,39 @@ def test_claude_code_completes_a_tool_round_trip(claude, live, wire, tmp_path):
     # The second turn carried Claude Code's tool_result as a tool turn with the file's text.
     tool_turns = [m for m in turns[-1]["messages"] if m["role"] == "tool"]
     assert tool_turns and "pelican" in str(tool_turns[-1]["content"])
+
+
+class TalkingAnthropic(FakeAnthropic):
+    """An Anthropic-wire fake that answers in text, never with a tool call."""
+
+    def tool_to_call(self, body):
+        return None
+
+
+def test_claude_code_through_an_anthropic_wire_provider_gets_the_upstreams_own_stream(
+    claude, tmp_path
+):
+    """Anthropic client, Anthropic upstream: Claude Code's body and the upstream's
+    events pass through chatd (thinking signatures included)."""
+    with TalkingAnthropic("Relayed from an Anthropic upstream.", thinking="hm") as fake:
+        path = write_config(tmp_path / "chatd.toml", timeout_secs=10.0, threads=8)
+        with open(path, "a") as f:
+            f.write(
+                f'\n[chatd.providers.claude]\nwire = "anthropic"\nurl = "{fake.url}/v1"\n'
+                'key_env = "CLAUDE_KEY"\nauth = "x-api-key"\n'
+                '\n[auth]\ntoken_env = "CHATD_TEST_TOKENS"\n'
+            )
+        env = clean_env(CLAUDE_KEY="upstream-key-1234", CHATD_TEST_TOKENS=TOKEN)
+        fake.behave(pieces=["Relayed from ", "an Anthropic upstream."])
+        with run_chatd(path, env, workers=1) as live:
+            home = tmp_path / "home"
+            home.mkdir()
+            done = run_claude(claude, live, "claude/claude-sonnet-4-6", "say something", home)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "Relayed from an Anthropic upstream." in done.stdout
+        recorded = fake.chat_requests()[-1]
+        assert recorded.headers["x-api-key"] == "upstream-key-1234"
+        sent = recorded.json
+        # Claude Code's own body: system blocks with cache_control, its thinking setting.
+        assert sent["model"] == "claude-sonnet-4-6" and sent["stream"] is True
+        assert isinstance(sent["system"], list) and "thinking" in sent

@@ -491,9 +491,16 @@ STREAM = [
 ]
 
 
+def adds(event: Event) -> bool:
+    """Whether a neutral event carries anything but the raw upstream event."""
+    return bool(
+        event.content or event.thinking or event.tool_calls or event.finish_reason or event.usage
+    )
+
+
 def read(events) -> list[Event]:
     reader = make_adapter().stream_reader()
-    return [e for e in map(reader, events) if e is not None]
+    return [e for e in map(reader, events) if adds(e)]
 
 
 def test_stream_reads_thinking_text_tool_calls_finish_and_usage():
@@ -517,10 +524,11 @@ def test_stream_reads_thinking_text_tool_calls_finish_and_usage():
     assert last.raw == STREAM[-2]
 
 
-def test_stream_events_that_add_nothing_read_as_none():
+def test_stream_events_that_add_nothing_read_as_empty_events_keeping_the_raw_one():
+    """So an Anthropic client can be answered with the upstream's own events."""
     reader = make_adapter().stream_reader()
     nothing = [STREAM[0], STREAM[1], STREAM[4], STREAM[5], STREAM[6], STREAM[-1]]
-    assert [reader(e) for e in nothing] == [None] * len(nothing)
+    assert [reader(e) for e in nothing] == [Event(raw=e) for e in nothing]
 
 
 def test_each_stream_gets_its_own_reader():
@@ -574,7 +582,8 @@ def test_a_stream_over_http_ends_at_message_stop(upstream):
     events = stream_through(
         make_adapter(), request([{"role": "user", "content": "hi"}], stream=True)
     )
-    assert events[-1].finish_reason == "tool_calls"
+    assert [e.finish_reason for e in events if e.finish_reason] == ["tool_calls"]
+    assert events[-1].raw == {"type": "message_stop"}
 
 
 def test_a_stream_cut_before_message_stop_is_an_upstream_error(upstream):
@@ -668,7 +677,8 @@ def test_live_stream_with_tools_rebuilds_the_call(live):
     assert {d.index for d in deltas} == {0}
     assert (deltas[0].id, deltas[0].name) == ("toolu_fake1", "get_weather")
     assert json.loads("".join(d.arguments for d in deltas)) == {"city": "Paris"}
-    assert events[-1].finish_reason == "tool_calls"
+    assert [e.finish_reason for e in events if e.finish_reason] == ["tool_calls"]
+    assert events[-1].raw == {"type": "message_stop"}
 
 
 @pytest.mark.parametrize(

@@ -276,8 +276,10 @@ class AnthropicChatAdapter(ChatAdapter):
 class AnthropicStream:
     """Translates one Anthropic stream's events into neutral events, in order.
 
-    Returns None for events that add nothing (ping, block and message stops,
-    signatures). Tool calls are numbered 0, 1, ... in the order they start, as
+    Events that add nothing neutral (ping, block and message stops, signatures)
+    still come out, empty but for ``raw``: an Anthropic client is answered with
+    the upstream's own events, signatures included (chatd.dialects.anthropic).
+    Tool calls are numbered 0, 1, ... in the order they start, as
     OpenAI numbers them, not by Anthropic's block index (text and thinking
     blocks take indexes too).
     """
@@ -288,7 +290,11 @@ class AnthropicStream:
         # Anthropic block index -> the tool call's own index.
         self.tool_index: dict[int, int] = {}
 
-    def __call__(self, event: dict) -> Event | None:
+    def __call__(self, event: dict) -> Event:
+        read = self._read(event)
+        return read if read is not None else Event(raw=event)
+
+    def _read(self, event: dict) -> Event | None:
         kind = event.get("type")
         if kind == "content_block_delta":
             return self._delta(event)

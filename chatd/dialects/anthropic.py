@@ -365,8 +365,14 @@ def stop_reason(finish_reason: str | None, called_tools: bool) -> str:
     return STOP_REASONS.get(finish_reason, "end_turn")
 
 
-def render_reply(reply: Reply, model: str) -> dict:
-    """A whole answer as Anthropic's Message; ``model`` is the name the client used."""
+def render_reply(reply: Reply, model: str, passthrough: bool = False) -> dict:
+    """A whole answer as Anthropic's Message; ``model`` is the name the client used.
+
+    ``passthrough``: the upstream spoke Anthropic too, and its answer is given
+    as it came (thinking signatures, citations, server tool blocks kept).
+    """
+    if passthrough and reply.raw is not None:
+        return {**reply.raw, "model": model}
     content = []
     if reply.thinking:
         content.append({"type": "thinking", "thinking": reply.thinking, "signature": ""})
@@ -438,12 +444,20 @@ class _Blocks:
         return [sse("content_block_stop", {"type": "content_block_stop", "index": self.count - 1})]
 
 
-def render_stream(events: Iterator[Event], model: str) -> Iterator[bytes]:
+def render_stream(
+    events: Iterator[Event], model: str, passthrough: bool = False
+) -> Iterator[bytes]:
     """Anthropic's stream for neutral ``events``: message_start, the content blocks,
     message_delta (stop reason, usage), message_stop.
 
+    ``passthrough``: the upstream spoke Anthropic too, and its own events are
+    relayed, named with the client's model (a thinking block's signature must
+    reach the client, or it cannot send the block back with a tool result).
     A ChatdError raised by ``events`` propagates: the caller writes the error event.
     """
+    if passthrough:
+        yield from _relayed(events, model)
+        return
     yield sse(
         "message_start",
         {
@@ -546,6 +560,14 @@ CHATD_ERROR_TYPES = {
     "provider_busy": "overloaded_error",
     "overloaded": "overloaded_error",
 }
+
+
+def _relayed(events: Iterator[Event], model: str) -> Iterator[bytes]:
+    for event in events:
+        raw = event.raw
+        if raw.get("type") == "message_start" and isinstance(raw.get("message"), dict):
+            raw["message"]["model"] = model
+        yield sse(raw.get("type", "message"), raw)
 
 
 def render_stream_error(body: dict) -> bytes:
