@@ -25,6 +25,9 @@ MODEL_NAME = re.compile(rf"[\x20-\x7e]{{1,{MAX_MODEL_NAME}}}")
 # Containers nested deeper than this are refused: orjson will not encode past
 # 254 levels, and no chat request needs more than a few dozen.
 MAX_DEPTH = 64
+# The same bound for a whole body, whatever the dialect: its own fields sit a
+# few levels down (tools[0].input_schema...), so the body gets some more room.
+MAX_BODY_DEPTH = MAX_DEPTH + 16
 # Fields chatd itself decides: `options` (and /v1 fields chatd has no name
 # for, which travel in options) may not set them behind chatd's back, or the
 # upstream would be sent one model while the answer, log and metrics said another.
@@ -135,7 +138,11 @@ def _check_message(i: int, message, roles: tuple[str, ...]) -> None:
     raise BadRequest(f"{where}.content must be a string or a list of content parts")
 
 
-def _check_model_name(name, where: str) -> str:
+def check_model_name(name, where: str) -> str:
+    """Return ``name`` if it is a usable model name (every dialect asks this).
+
+    :raises BadRequest: missing, empty, not printable ASCII, or too long.
+    """
     if not isinstance(name, str) or not name.strip():
         raise BadRequest(f"{where} is required and must be a non-empty string")
     if not MODEL_NAME.fullmatch(name):
@@ -193,7 +200,7 @@ def build_chat_request(
         name = sorted(unknown)[0]
         hint = _suggest(name, _ALLOWED) or "provider-native parameters go in 'options'"
         raise BadRequest(f"unknown field {name!r}; {hint}")
-    model = _check_model_name(body.get("model"), "model")
+    model = check_model_name(body.get("model"), "model")
 
     max_tokens = body.get("max_tokens")
     if max_tokens is not None and (not _is_int(max_tokens) or max_tokens < 1):
@@ -232,7 +239,7 @@ def build_chat_request(
         if not isinstance(fallbacks, list) or len(fallbacks) > MAX_FALLBACKS:
             raise BadRequest(f"fallbacks must be a list of at most {MAX_FALLBACKS} model names")
         for k, name in enumerate(fallbacks):
-            _check_model_name(name, f"fallbacks[{k}]")
+            check_model_name(name, f"fallbacks[{k}]")
 
     return ChatRequest(
         model=model,
@@ -353,6 +360,30 @@ def parse_json(data: bytes):
     if not data:
         raise BadRequest("request body is empty; expected a JSON object")
     try:
-        return codec.loads(data)
+        body = codec.loads(data)
     except codec.DecodeError as e:
         raise BadRequest(f"request body is not valid JSON: {e}") from None
+    # Only a body of more bytes than "[" and "]" twice the bound can be that deep.
+    if len(data) > 2 * MAX_BODY_DEPTH:
+        check_body_depth(body)
+    return body
+
+
+def check_body_depth(body) -> None:
+    """Refuse a body nested deeper than MAX_BODY_DEPTH anywhere, in every dialect
+    (what chatd sends upstream is encoded again, and orjson stops at 254 levels).
+
+    Iterative, so no input can reach Python's recursion limit either.
+    """
+    level = [body]
+    for _ in range(MAX_BODY_DEPTH + 1):
+        deeper = []
+        for value in level:
+            if isinstance(value, dict):
+                deeper.extend(v for v in value.values() if isinstance(v, dict | list))
+            elif isinstance(value, list):
+                deeper.extend(v for v in value if isinstance(v, dict | list))
+        if not deeper:
+            return
+        level = deeper
+    raise BadRequest(f"request body is nested deeper than {MAX_BODY_DEPTH} levels")

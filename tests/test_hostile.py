@@ -373,14 +373,61 @@ def test_parse_json_answers_a_value_or_a_bad_request(data):
         pass
 
 
-def test_a_bounded_fuzz_of_both_routes_never_answers_500(make_app):
+BODY_ROUTES = [
+    "/chat",
+    "/v1/chat/completions",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
+    "/api/chat",
+    "/api/generate",
+]
+
+
+def _nested(depth: int):
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("path", BODY_ROUTES)
+@pytest.mark.parametrize(
+    "body",
+    [
+        # deep inside a field each dialect passes on (options, a tool's schema)
+        {
+            "model": "llama3.2",
+            "max_tokens": 10,
+            "stream": False,
+            "messages": [{"role": "user", "content": "hi"}],
+            "options": {"a": _nested(300)},
+            "tools": [{"name": "t", "input_schema": {"a": _nested(300)}}],
+        },
+        # a control character in the model name
+        {
+            "model": "llama3.2\nINJECT",
+            "max_tokens": 10,
+            "stream": False,
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+    ],
+    ids=["nested 300 deep", "newline in model"],
+)
+def test_every_body_route_refuses_what_would_reach_a_500(client, path, body):
+    """The depth and model-name checks hold for every dialect, not only /chat and /v1."""
+    # The stdlib encodes any depth (orjson, like chatd, would refuse it).
+    response = client.post(path, data=json.dumps(body), content_type="application/json")
+    assert response.status_code == 400, response.get_data()[:300]
+
+
+def test_a_bounded_fuzz_of_every_body_route_never_answers_500(make_app):
     """Random bodies through the whole app (no upstream answers: any call is a 502)."""
     app = make_app(retries=0, connect_timeout_secs=0.2)
     client = app.test_client()
     seen = []
 
-    @settings(max_examples=150, deadline=None, database=None)
-    @given(_bodies, st.sampled_from(["/chat", "/v1/chat/completions"]))
+    @settings(max_examples=300, deadline=None, database=None)
+    @given(_bodies, st.sampled_from(BODY_ROUTES))
     def fuzz(body, path):
         response = client.post(path, data=json.dumps(body), content_type="application/json")
         seen.append(response.status_code)

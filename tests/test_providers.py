@@ -272,3 +272,26 @@ def test_aliases_are_resolved_with_every_row_at_load(tmp_path):
     with pytest.raises(ConfigError) as raised:
         load(tmp_path, '[chatd.aliases]\nsmart = ["opencode/gemini-3-pro"]\n')
     assert "smart" in str(raised.value) and "gemini" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "wire, field",
+    [
+        ("anthropic", "system"),
+        ("anthropic", "stop_sequences"),
+        ("responses", "store"),
+        ("responses", "input"),
+    ],
+)
+def test_options_cannot_replace_what_a_wire_format_fills(make_app, wire, field):
+    """The translated prompt, the limits and `store: false` are chatd's, whatever options say."""
+    app = make_app(
+        environ={"CORP_KEY": "k-1"},
+        providers={"corp": {"url": "http://corp.test/v1", "wire": wire, "key_env": "CORP_KEY"}},
+    )
+    response = app.test_client().post(
+        "/chat",
+        json={"model": "corp/m", "messages": MESSAGES, "options": {field: "x"}},
+    )
+    assert response.status_code == 400
+    assert f"options.{field}" in response.json["error"]["message"]

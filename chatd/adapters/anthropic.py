@@ -194,6 +194,19 @@ def translate_tool_choice(choice: str | dict) -> dict:
 
 class AnthropicChatAdapter(ChatAdapter):
     wire = "anthropic"
+    # What the translation fills: options may not replace the prompt or the limits.
+    owned_fields = frozenset(
+        {
+            "model",
+            "messages",
+            "system",
+            "stream",
+            "max_tokens",
+            "stop_sequences",
+            "tools",
+            "tool_choice",
+        }
+    )
     chat_path = "/messages"
     models_path = "/models"
     iter_events = staticmethod(iter_anthropic_events)
@@ -222,7 +235,7 @@ class AnthropicChatAdapter(ChatAdapter):
         if request.tool_choice is not None:
             body["tool_choice"] = translate_tool_choice(request.tool_choice)
         # Anthropic-native extras (thinking, top_k, metadata, ...) go last, as given.
-        body.update(request.options)
+        self.merge_options(body, request.options)
         return body
 
     def _default_max_tokens(self, options: dict) -> int:

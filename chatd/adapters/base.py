@@ -22,7 +22,14 @@ import urllib3
 
 from chatd import codec
 from chatd.adapters.framing import BadEvent, StreamCut
-from chatd.errors import UpstreamError, UpstreamRateLimited, UpstreamTimeout, redact, trim
+from chatd.errors import (
+    BadRequest,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+    redact,
+    trim,
+)
 from chatd.neutral import ChatRequest, Event, Reply
 from chatd.resilience import PROVIDER, Deadline, Policy
 from chatd.sessions import head_deadline
@@ -142,6 +149,11 @@ class ChatAdapter:
     models_path = ""
     #: Headers the format needs on every call (Anthropic's version header, say).
     extra_headers: dict[str, str] = {}
+    #: Body fields this format fills from the request itself (the prompt, the
+    #: model, chatd's own settings): a request's ``options`` may not set them.
+    owned_fields: frozenset[str] = frozenset(
+        {"model", "messages", "stream", "tools", "tool_choice"}
+    )
     #: Splits the upstream's stream lines into events (SSE or NDJSON).
     iter_events: Callable[[Iterable[bytes]], Iterator[dict]]
 
@@ -186,6 +198,21 @@ class ChatAdapter:
 
     def build_body(self, request: ChatRequest, upstream_model: str) -> dict:
         raise NotImplementedError
+
+    def merge_options(self, body: dict, options: dict) -> dict:
+        """Put the request's provider-native ``options`` last into ``body``.
+
+        :raises BadRequest: an option would replace a field this format fills
+            (the translated prompt, ``store``, ...) behind chatd's back.
+        """
+        clash = self.owned_fields.intersection(options)
+        if clash:
+            raise BadRequest(
+                f"options.{min(clash)} may not be set: chatd fills it for "
+                f"{self.wire}-format providers"
+            )
+        body.update(options)
+        return body
 
     def parse_reply(self, data: dict) -> Reply:
         """Return a whole answer as a neutral Reply."""

@@ -65,7 +65,7 @@ class OpenAIChatAdapter(ChatAdapter):
             body["response_format"] = response_format(request.format)
         if request.tools:
             body["tools"] = request.tools
-        body.update(request.options)
+        self.merge_options(body, request.options)
         return body
 
     def parse_reply(self, data: dict) -> Reply:

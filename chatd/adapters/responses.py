@@ -183,6 +183,19 @@ def text_format(format_: str | dict) -> dict:
 
 class ResponsesChatAdapter(ChatAdapter):
     wire = "responses"
+    # What the translation fills; `store: false` too (chatd keeps no state upstream).
+    owned_fields = frozenset(
+        {
+            "model",
+            "input",
+            "instructions",
+            "stream",
+            "store",
+            "max_output_tokens",
+            "tools",
+            "tool_choice",
+        }
+    )
     chat_path = "/responses"
     models_path = "/models"
     iter_events = staticmethod(iter_responses_events)
@@ -209,7 +222,7 @@ class ResponsesChatAdapter(ChatAdapter):
         if request.tool_choice is not None:
             body["tool_choice"] = translate_tool_choice(request.tool_choice)
         # Responses-native extras (reasoning, include, ...) go last, as given.
-        body.update(request.options)
+        self.merge_options(body, request.options)
         return body
 
     def parse_reply(self, data: dict) -> Reply:

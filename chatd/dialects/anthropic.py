@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from chatd import codec
 from chatd.errors import BadRequest, ChatdError
 from chatd.neutral import CONTENT_FILTER, LENGTH, STOP, TOOL_CALLS, ChatRequest, Event, Reply
+from chatd.validation import check_model_name
 
 log = logging.getLogger("chatd.dialects.anthropic")
 
@@ -278,9 +279,7 @@ def parse_request(body) -> ChatRequest:
     """
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise BadRequest("model is required and must be a non-empty string")
+    model = check_model_name(body.get("model"), "model")
     max_tokens = body.get("max_tokens")
     if max_tokens is None:
         raise BadRequest("max_tokens is required")
@@ -330,8 +329,7 @@ def count_tokens(body) -> int:
     and tools over four, rounded up. Not a tokenizer's count; a bound to plan with."""
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
-    if not isinstance(body.get("model"), str) or not body["model"].strip():
-        raise BadRequest("model is required and must be a non-empty string")
+    check_model_name(body.get("model"), "model")
     if not isinstance(body.get("messages"), list) or not body["messages"]:
         raise BadRequest("messages is required and must be a non-empty list")
     counted = {key: body[key] for key in ("system", "messages", "tools") if key in body}

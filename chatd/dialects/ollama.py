@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from chatd import codec
 from chatd.errors import BadRequest
 from chatd.neutral import LENGTH, STOP, ChatRequest, Event, Reply, ToolCall, Usage
+from chatd.validation import check_model_name
 
 ROLES = ("system", "user", "assistant", "tool")
 THINK_LEVELS = ("low", "medium", "high", "max")
@@ -182,9 +183,7 @@ def _common(body) -> dict:
     """Check what /api/chat and /api/generate share; return ChatRequest fields."""
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise BadRequest("model is required")
+    model = check_model_name(body.get("model"), "model")
     stream = body.get("stream")
     if stream is None:
         stream = True  # Ollama streams unless told not to
