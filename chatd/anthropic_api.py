@@ -31,6 +31,10 @@ def create_message():
     dispatcher = current_app.extensions["chatd"].dispatcher
     record = request.record
     chat_request = anthropic.parse_request(parse_json(chat.read_body()))
+    beta = request.headers.get("anthropic-beta")
+    if beta:
+        # Passed on only to a provider that speaks Anthropic itself, with the body it goes with.
+        chat_request.native_headers = {"anthropic-beta": beta}
     if chat_request.stream:
         outcome = dispatcher.run(chat_request, chat.open_stream(chat_request), record)
         upstream = outcome.result

@@ -24,7 +24,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from chatd.adapters.base import ChatAdapter, UpstreamStream
 from chatd.board import Board, inherited_board
@@ -93,7 +92,8 @@ class Dispatcher:
             self.bulkheads[name] = Bulkhead(
                 name, policy.max_in_flight, policy.queue_timeout, gauge=in_flight
             )
-            hosts[name] = urlsplit(adapter.base_url).netloc
+            # The adapter's host: never the user:password a URL may carry.
+            hosts[name] = adapter.host
         self.cooldowns = Cooldowns(inherited_board() or Board(), hosts)
         if metrics is not None:
             metrics.watch_cooldowns(registry.names(), self.cooldowns.cooling_providers)

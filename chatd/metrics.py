@@ -6,8 +6,8 @@ files there and ``/metrics`` sums them (prometheus_client's multiprocess mode);
 a dead worker's files are marked dead when it exits. Without that variable
 (tests, the Flask dev server) the values stay in this process.
 
-Label sets are bounded: routes are the app's own rules, providers are the five
-known ones, and model names past :data:`MAX_MODELS` distinct ones per worker
+Label sets are bounded: routes are the app's own rules, providers are the
+configured ones, and model names past :data:`MAX_MODELS` distinct ones per worker
 are counted as ``other``, and each is cut to :data:`MAX_LABEL_LENGTH`
 characters, so no client can grow the series, or /metrics, without limit.
 """

@@ -56,6 +56,8 @@ class ChatRequest:
     #: with as little translation as correctness allows.
     dialect: str = "chatd"
     native: dict | None = None
+    #: Headers of the client's own dialect for such an upstream (anthropic-beta).
+    native_headers: dict | None = None
 
 
 @dataclass(slots=True)

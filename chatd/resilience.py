@@ -61,8 +61,9 @@ def retry_delay(attempt: int, retry_after: float | None) -> float:
     """Seconds to wait before retry number ``attempt`` (0-based)."""
     if retry_after is not None:
         return retry_after
-    backoff = min(BACKOFF_BASE * 2**attempt, BACKOFF_MAX)
-    return backoff * random.uniform(0.8, 1.2)
+    backoff = BACKOFF_BASE * 2 ** min(attempt, 8)
+    # Jitter first, then the cap: the README promises never more than BACKOFF_MAX.
+    return min(backoff * random.uniform(0.8, 1.2), BACKOFF_MAX)
 
 
 @dataclass(frozen=True)

@@ -259,7 +259,12 @@ def build_chat_request(
 
 
 # The fields a client may send: the neutral request's own, less what chatd sets.
-_ALLOWED = frozenset(ChatRequest.__slots__) - {"request_id", "dialect", "native"}
+_ALLOWED = frozenset(ChatRequest.__slots__) - {
+    "request_id",
+    "dialect",
+    "native",
+    "native_headers",
+}
 
 
 # OpenAI (and OpenRouter) request fields that /v1 passes on in `options`.

@@ -43,7 +43,10 @@ def live(tmp_path_factory):
 @pytest.fixture
 def client(live):
     live.fake.behave()
-    return anthropic.Anthropic(base_url=live.url, api_key="unused", max_retries=0, timeout=10)
+    with anthropic.Anthropic(
+        base_url=live.url, api_key="unused", max_retries=0, timeout=10
+    ) as client:
+        yield client
 
 
 def test_the_clients_body_reaches_an_anthropic_provider_with_only_the_model_changed(live, client):
@@ -53,6 +56,7 @@ def test_the_clients_body_reaches_an_anthropic_provider_with_only_the_model_chan
         system=SYSTEM,
         metadata={"user_id": "u-1"},
         messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"anthropic-beta": "context-management-2025-06-27"},
     )
     assert message.content[-1].text == "from claude"
     assert message.content[0].type == "thinking" and message.content[0].signature == "c2ln"
@@ -60,6 +64,8 @@ def test_the_clients_body_reaches_an_anthropic_provider_with_only_the_model_chan
     recorded = live.fake.chat_requests()[-1]
     assert recorded.headers["x-api-key"] == KEY
     assert "Authorization" not in recorded.headers
+    # The client's beta flags go with its body (Anthropic refuses beta fields without them).
+    assert recorded.headers["anthropic-beta"] == "context-management-2025-06-27"
     sent = recorded.json
     assert sent == {
         "model": "claude-sonnet-4-6",

@@ -887,3 +887,36 @@ def test_live_a_missing_max_tokens_is_a_400(live):
         "type": "invalid_request_error",
         "message": "max_tokens is required",
     }
+
+
+def test_thinking_is_not_sent_to_ollama_or_openai_wire_providers(client, upstream):
+    """Claude Code sends `thinking` on every turn; Ollama answers 400 for a model that
+    cannot think, so it goes only to a provider that speaks Anthropic."""
+    import json as json_module
+
+    upstream.post(
+        "http://ollama.test/api/chat",
+        json={
+            "message": {"role": "assistant", "content": "hi"},
+            "done": True,
+            "done_reason": "stop",
+        },
+    )
+    upstream.post(
+        "http://kimi.test/coding/v1/chat/completions",
+        json={"choices": [{"message": {"role": "assistant", "content": "hi"}}]},
+    )
+    for model in ("llama3.2", "kimi/k2"):
+        response = client.post(
+            "/v1/messages",
+            json={
+                "model": model,
+                "max_tokens": 100,
+                "thinking": {"type": "enabled", "budget_tokens": 1024},
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+        )
+        assert response.status_code == 200, response.json
+        sent = json_module.loads(upstream.calls[-1].request.body)
+        assert "thinking" not in sent and "think" not in sent
+        assert "reasoning_effort" not in sent and "thinking" not in sent.get("options", {})

@@ -758,3 +758,15 @@ def test_relay_says_504_when_the_local_ollama_is_too_slow(client, upstream):
     response = client.get("/api/ps")
     assert response.status_code == 504
     assert "did not answer in time" in response.get_json()["error"]
+
+
+def test_logprobs_an_ollama_upstream_computed_reach_the_client():
+    from chatd.dialects import ollama as dialect
+    from chatd.neutral import Event, Reply
+
+    logprobs = [{"token": "Hi", "logprob": -0.1}]
+    reply = Reply(content="Hi", finish_reason="stop", raw={"done": True, "logprobs": logprobs})
+    assert dialect.render_reply(reply, "m", generate=False, started=0.0)["logprobs"] == logprobs
+    events = [Event(content="Hi", raw={"message": {"content": "Hi"}, "logprobs": logprobs})]
+    first = json.loads(next(dialect.render_stream(iter(events), "m", generate=False, started=0.0)))
+    assert first["logprobs"] == logprobs

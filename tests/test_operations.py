@@ -164,6 +164,25 @@ def test_a_streams_access_line_says_how_it_ended(live, fakes, behaviour, end):
     fakes["ollama"].behave("ok")
 
 
+def test_a_stream_the_client_left_is_logged_as_client_gone(live, fakes):
+    # Slow pieces, so the client is gone long before the stream could finish.
+    fakes["ollama"].behave("ok", pieces=["a"] * 40, interval=0.1)
+    request_id = "stream-client-gone"
+    response = requests.post(
+        live.url + "/chat",
+        json={"model": "llama3.2", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+        headers={**AUTH, "X-Request-ID": request_id},
+        stream=True,
+        timeout=10,
+    )
+    assert response.status_code == 200
+    next(response.iter_content(chunk_size=None))  # the first piece, then hang up
+    response.close()
+    access = access_line(live, request_id)
+    assert access["stream"] is True and access["stream_end"] == "client_gone"
+    fakes["ollama"].behave("ok")
+
+
 def test_client_address_comes_through_the_trusted_proxy(live):
     post(live, headers={**AUTH, "X-Forwarded-For": "198.51.100.7", "X-Request-ID": "xff-1"})
     time.sleep(0.1)

@@ -328,15 +328,15 @@ def test_an_anthropic_clients_body_is_passed_on_with_model_and_stream_replaced()
             }
         ],
         "max_tokens": 99,
-        "fallbacks": ["other/model"],
+        # Anthropic's own (beta) field: chatd's dialect reads no fallbacks, so it is theirs.
+        "fallbacks": [{"model": "claude-haiku-4-5"}],
         "stream": False,
     }
     req = request(
         [{"role": "user", "content": "ignored"}], stream=True, dialect="anthropic", native=native
     )
     body = make_adapter().build_body(req, "claude-sonnet-4-6")
-    expected = {k: v for k, v in native.items() if k != "fallbacks"}
-    assert body == {**expected, "model": "claude-sonnet-4-6", "stream": True}
+    assert body == {**native, "model": "claude-sonnet-4-6", "stream": True}
     assert native["model"] == "claude/claude-sonnet-4-6"  # the client's body is not changed
 
 
@@ -707,3 +707,30 @@ def test_every_call_carries_the_anthropic_version_header(upstream):
     reply = make_adapter().reply(request([{"role": "user", "content": "hi"}]), "m")
     assert reply.content == "Let me check."
     assert upstream.calls[0].request.headers["anthropic-version"] == "2023-06-01"
+
+
+def test_a_server_tools_input_is_not_taken_for_a_client_tool_call():
+    """web_search's input streams as input_json_delta too; it is no call of the client's."""
+    reader = make_adapter().stream_reader()
+    start = {
+        "type": "content_block_start",
+        "index": 0,
+        "content_block": {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search"},
+    }
+    piece = {
+        "type": "content_block_delta",
+        "index": 0,
+        "delta": {"type": "input_json_delta", "partial_json": '{"query": "x"}'},
+    }
+    assert reader(start) == Event(raw=start)
+    assert reader(piece) == Event(raw=piece)
+
+
+@pytest.mark.parametrize("value", ["7", 3.5, None, True])
+def test_a_token_count_that_is_not_an_integer_counts_zero(value):
+    answer = {
+        "content": [{"type": "text", "text": "hi"}],
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": 4, "output_tokens": value},
+    }
+    assert make_adapter().parse_reply(answer).usage == Usage(4, 0)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 
 from chatd import codec
-from chatd.adapters.base import ChatAdapter
+from chatd.adapters.base import ChatAdapter, count
 from chatd.adapters.framing import iter_sse_events
 from chatd.adapters.parts import (
     arguments_object,
@@ -50,8 +50,6 @@ DEFAULT_MAX_TOKENS = 8192
 # Anthropic's temperature runs 0-1; OpenAI's 0-2. Higher values are clamped.
 MAX_TEMPERATURE = 1.0
 # Fields of an Anthropic client's own body that chatd owns, not the upstream.
-CHATD_FIELDS = ("fallbacks",)
-
 FINISH = {
     "end_turn": STOP,
     "stop_sequence": STOP,
@@ -73,9 +71,9 @@ def iter_anthropic_events(lines: Iterable[bytes]) -> Iterator[dict]:
 def prompt_tokens(counts: dict) -> int:
     """Input tokens as OpenAI counts them: Anthropic's excludes the cached ones."""
     return (
-        (counts.get("input_tokens") or 0)
-        + (counts.get("cache_creation_input_tokens") or 0)
-        + (counts.get("cache_read_input_tokens") or 0)
+        count(counts.get("input_tokens"))
+        + count(counts.get("cache_creation_input_tokens"))
+        + count(counts.get("cache_read_input_tokens"))
     )
 
 
@@ -247,9 +245,16 @@ class AnthropicChatAdapter(ChatAdapter):
             return budget + self.default_max_tokens
         return self.default_max_tokens
 
+    def call_headers(self, request: ChatRequest) -> dict | None:
+        # The client's own beta flags go with its own body: without them Anthropic
+        # refuses the beta fields in it (context_management, as Claude Code sends).
+        if request.dialect == "anthropic" and request.native is not None:
+            return request.native_headers
+        return None
+
     def _native_body(self, request: ChatRequest, upstream_model: str) -> dict:
         """An Anthropic client's own body, passed on: only what chatd owns changes."""
-        body = {k: v for k, v in request.native.items() if k not in CHATD_FIELDS}
+        body = dict(request.native)
         body["model"] = upstream_model
         body["stream"] = request.stream
         body.setdefault("max_tokens", self._default_max_tokens(body))
@@ -275,7 +280,7 @@ class AnthropicChatAdapter(ChatAdapter):
             thinking="".join(thoughts),
             tool_calls=calls,
             finish_reason=FINISH.get(data.get("stop_reason")),
-            usage=Usage(prompt_tokens(counts), counts.get("output_tokens") or 0),
+            usage=Usage(prompt_tokens(counts), count(counts.get("output_tokens"))),
             raw=data,
         )
 
@@ -322,7 +327,7 @@ class AnthropicStream:
                 self.prompt_tokens = prompt_tokens(counts)
             return Event(
                 finish_reason=FINISH.get((event.get("delta") or {}).get("stop_reason")),
-                usage=Usage(self.prompt_tokens, counts.get("output_tokens") or 0),
+                usage=Usage(self.prompt_tokens, count(counts.get("output_tokens"))),
                 raw=event,
             )
         if kind == "error":
@@ -360,6 +365,10 @@ class AnthropicStream:
             piece = delta["partial_json"]
             if not piece:
                 return None
-            call = ToolCallDelta(self.tool_index[event["index"]], arguments=piece)
+            index = self.tool_index.get(event["index"])
+            if index is None:
+                # A server tool's input (web_search...): no tool of the client's.
+                return None
+            call = ToolCallDelta(index, arguments=piece)
             return Event(tool_calls=[call], raw=event)
         return None  # signature_delta, citations_delta

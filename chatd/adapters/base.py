@@ -199,6 +199,10 @@ class ChatAdapter:
     def build_body(self, request: ChatRequest, upstream_model: str) -> dict:
         raise NotImplementedError
 
+    def call_headers(self, request: ChatRequest) -> dict | None:
+        """Headers for this one call beyond the session's (none by default)."""
+        return None
+
     def merge_options(self, body: dict, options: dict) -> dict:
         """Put the request's provider-native ``options`` last into ``body``.
 
@@ -235,7 +239,12 @@ class ChatAdapter:
     ) -> dict:
         """Send one non-streaming call within ``deadline`` (default: timeout_secs from now);
         return the upstream's answer, checked."""
-        data = self._post(self.build_body(request, upstream_model), request.request_id, deadline)
+        data = self._post(
+            self.build_body(request, upstream_model),
+            request.request_id,
+            deadline,
+            self.call_headers(request),
+        )
         message = error_text(data)
         if message is not None:
             # Some upstreams report failure inside a 200 (Ollama, OpenRouter).
@@ -275,7 +284,13 @@ class ChatAdapter:
         if deadline is None:
             deadline = self._deadline(stream=True)
         body = self.build_body(request, upstream_model)
-        response = self._send(body, deadline, stream=True, request_id=request.request_id)
+        response = self._send(
+            body,
+            deadline,
+            stream=True,
+            request_id=request.request_id,
+            headers=self.call_headers(request),
+        )
         events = self._events(response, deadline)
         try:
             first = next(events)
@@ -335,7 +350,12 @@ class ChatAdapter:
         return Deadline.after(time.monotonic(), "timeout_secs", self.policy.timeout)
 
     def _send(
-        self, body: dict, deadline: Deadline, stream: bool = False, request_id: str = ""
+        self,
+        body: dict,
+        deadline: Deadline,
+        stream: bool = False,
+        request_id: str = "",
+        headers: dict | None = None,
     ) -> requests.Response:
         """POST ``body`` as JSON; return the open response once its status is 2xx.
 
@@ -359,6 +379,8 @@ class ChatAdapter:
         prepared.headers = {**self._chat_headers, "Content-Length": str(len(payload))}
         if request_id:
             prepared.headers["X-Request-ID"] = request_id
+        if headers:
+            prepared.headers.update(headers)
         prepared.body = payload
         # Connect and head (status line and headers) together in first_byte, not
         # just each read of it.
@@ -393,11 +415,17 @@ class ChatAdapter:
             raise self._status_error(response.status_code, raw, response.headers)
         return response
 
-    def _post(self, body: dict, request_id: str = "", deadline: Deadline | None = None) -> dict:
+    def _post(
+        self,
+        body: dict,
+        request_id: str = "",
+        deadline: Deadline | None = None,
+        headers: dict | None = None,
+    ) -> dict:
         """POST ``body`` within the call's deadline; return the decoded answer."""
         if deadline is None:
             deadline = self._deadline(stream=False)
-        response = self._send(body, deadline, request_id=request_id)
+        response = self._send(body, deadline, request_id=request_id, headers=headers)
         with response:
             raw = self._read_body(response, deadline, self.max_response_bytes, truncate=False)
         try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-from chatd.adapters.base import ChatAdapter
+from chatd.adapters.base import ChatAdapter, count
 from chatd.adapters.framing import iter_sse_events
 from chatd.adapters.parts import (
     arguments_text,
@@ -55,7 +55,7 @@ def iter_responses_events(lines: Iterable[bytes]) -> Iterator[dict]:
 
 def _usage(response: dict) -> Usage:
     counts = response.get("usage") or {}
-    return Usage(counts.get("input_tokens") or 0, counts.get("output_tokens") or 0)
+    return Usage(count(counts.get("input_tokens")), count(counts.get("output_tokens")))
 
 
 def _finish(response: dict, has_calls: bool) -> str | None:

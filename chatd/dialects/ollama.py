@@ -327,7 +327,14 @@ def render_reply(reply: Reply, model: str, *, generate: bool, started: float) ->
     body["done"] = True
     body["done_reason"] = done_reason(reply.finish_reason)
     body.update(_metrics(reply.usage, reply.raw, started))
+    _keep_logprobs(reply.raw, body)
     return body
+
+
+def _keep_logprobs(raw, line: dict) -> None:
+    """Logprobs an Ollama upstream computed (the client asked for them) reach the client."""
+    if isinstance(raw, dict) and raw.get("logprobs") is not None:
+        line["logprobs"] = raw["logprobs"]
 
 
 def render_load(model: str, *, generate: bool, unload: bool) -> dict:
@@ -358,6 +365,7 @@ def render_stream(
         if event.content or event.thinking:
             line = _line(model, generate, event.content, event.thinking)
             line["done"] = False
+            _keep_logprobs(event.raw, line)
             yield ndjson(line)
         for piece in event.tool_calls or ():
             call = calls.setdefault(piece.index, ToolCall(piece.id or "", piece.name or "", ""))
