@@ -106,7 +106,7 @@ def create_app(
         # Not the address: gunicorn's --bind may differ from [chatd] bind (its hook names it).
         app.logger.warning("no [auth] tokens: every client that can reach chatd may call it")
 
-    # Anthropic's clients read errors in Anthropic's envelope.
+    # Anthropic's and Ollama's clients read errors in their own envelopes.
     register_error_handlers(
         app, {anthropic_api.PREFIX: anthropic.error_body, ollama_api.PREFIX: ollama.error_body}
     )

@@ -68,7 +68,7 @@ class AuthSettings:
 
 @dataclass(frozen=True)
 class Settings:
-    # Where gunicorn listens. Loopback by default: chatd has no inbound auth yet.
+    # Where gunicorn listens. Loopback by default: beyond it, [auth] tokens are required.
     bind: str = "127.0.0.1:8080"
     # gunicorn worker processes, and threads per worker (one thread per call in flight).
     workers: int = 2

@@ -97,6 +97,11 @@ class Dispatcher:
         self.cooldowns = Cooldowns(inherited_board() or Board(), hosts)
         if metrics is not None:
             metrics.watch_cooldowns(registry.names(), self.cooldowns.cooling_providers)
+        # Each provider's two call budgets, resolved once (not per request).
+        self._budgets = {
+            name: (adapter.policy.timeout, adapter.policy.first_token_timeout)
+            for name, adapter in registry.adapters.items()
+        }
         self.capacity = max(1, settings.threads - RESERVED_THREADS)
         self._admission = threading.BoundedSemaphore(self.capacity)
 
@@ -121,8 +126,15 @@ class Dispatcher:
     def deadline(self, request: ChatRequest, provider: str, arrival: float) -> Deadline:
         """The call's one budget, from its arrival: timeout_secs for a whole answer,
         first_token_timeout_secs to a stream's first event (the first candidate's values)."""
-        name = "first_token_timeout_secs" if request.stream else "timeout_secs"
-        return Deadline.after(arrival, name, float(self.settings.policy(provider, name)))
+        budgets = self._budgets.get(provider)
+        if budgets is None:  # an unregistered provider: its 404 comes before any wait
+            budgets = self._budgets[provider] = (
+                float(self.settings.policy(provider, "timeout_secs")),
+                float(self.settings.policy(provider, "first_token_timeout_secs")),
+            )
+        if request.stream:
+            return Deadline.after(arrival, "first_token_timeout_secs", budgets[1])
+        return Deadline.after(arrival, "timeout_secs", budgets[0])
 
     def run(self, request: ChatRequest, attempt: Attempt, record: CallRecord) -> Outcome:
         """Serve ``request`` with ``attempt``; raise the last failure if nothing could.

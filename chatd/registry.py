@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -79,6 +80,8 @@ class Registry:
         self._probe_ttl = probe_ttl
         self._probes: dict[str, tuple[float, bool]] = {}
         self._models: tuple[float, list[dict]] | None = None
+        # One refresh at a time: the others serve the last list (or wait for the first).
+        self._models_lock = threading.Lock()
 
     def names(self) -> list[str]:
         return list(self._adapters)
@@ -124,11 +127,25 @@ class Registry:
     def list_models(self) -> list[dict]:
         """Return every enabled provider's models as OpenAI model objects, ids as chatd routes them.
 
-        Providers are asked at once; one that fails is skipped and logged.
+        Providers are asked at once; one that fails is skipped and logged. While
+        one thread refreshes the list, the others answer with the previous one
+        (or wait for the first), so a burst of listings costs one set of calls.
         """
+        cached = self._models
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        if not self._models_lock.acquire(blocking=cached is None):
+            return cached[1]
+        try:
+            cached = self._models
+            if cached is not None and cached[0] > time.monotonic():
+                return cached[1]  # refreshed while this thread waited
+            return self._fetch_models()
+        finally:
+            self._models_lock.release()
+
+    def _fetch_models(self) -> list[dict]:
         now = time.monotonic()
-        if self._models is not None and self._models[0] > now:
-            return self._models[1]
         names = [name for name in self._adapters if name not in self.disabled]
 
         def fetch(name: str) -> list[dict]:
@@ -137,8 +154,10 @@ class Registry:
             except UpstreamError as e:
                 log.warning("model list skipped: %s", e.message)
                 return []
+            # Named as chatd routes them: the row's prefix, which need not be "<name>/".
+            prefix = self.specs[name].model_prefix if name in self.specs else f"{name}/"
             return [
-                {"id": f"{name}/{model}", "object": "model", "created": 0, "owned_by": name}
+                {"id": f"{prefix}{model}", "object": "model", "created": 0, "owned_by": name}
                 for model in ids
             ]
 

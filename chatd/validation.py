@@ -1,6 +1,7 @@
 """chatd.validation ~~~ A request body in, a checked :class:`ChatRequest` out.
 
-Every rule that can reject a request lives here, and every rejection is a
+The /chat and /v1 readers, and the checks every dialect shares (the body's
+depth, model names); each rejection is a
 :class:`~chatd.errors.BadRequest` whose message names the field. Unknown fields
 are refused rather than dropped, so a typo (``max_token``) or a
 provider-native knob in the wrong place (``top_k``, which belongs in

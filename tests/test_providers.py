@@ -295,3 +295,37 @@ def test_options_cannot_replace_what_a_wire_format_fills(make_app, wire, field):
     )
     assert response.status_code == 400
     assert f"options.{field}" in response.json["error"]["message"]
+
+
+def test_listed_model_ids_carry_each_rows_prefix_so_they_route(make_app, upstream):
+    """opencode_go's prefix is opencode-go/: an id listed as opencode_go/... would
+    route to the local Ollama."""
+    upstream.get("http://opencode.test/zen/go/v1/models", json={"data": [{"id": "glm-5.1"}]})
+    app = make_app(environ={"OPENCODE_API_KEY": "k"}, disabled_providers=("opencode",))
+    upstream.get("http://ollama.test/api/tags", json={"models": []})
+    client = app.test_client()
+    ids = [m["id"] for m in client.get("/v1/models").json["data"]]
+    assert ids == ["opencode-go/glm-5.1"]
+    router = app.extensions["chatd"].registry.router
+    assert router.resolve(ids[0]) == Route("opencode_go", "glm-5.1")
+    assert client.get("/v1/models/opencode-go/glm-5.1").status_code == 200
+    tags = [m["name"] for m in client.get("/api/tags").json["models"]]
+    assert "opencode-go/glm-5.1" in tags
+
+
+def test_a_burst_of_listings_asks_each_provider_once(make_app, upstream):
+    import threading
+
+    upstream.get("http://ollama.test/api/tags", json={"models": [{"name": "llama3.2"}]})
+    app = make_app(environ={})
+    registry = app.extensions["chatd"].registry
+    results = []
+    threads = [
+        threading.Thread(target=lambda: results.append(registry.list_models())) for _ in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(results) == 8 and all(r == results[0] for r in results)
+    assert len(upstream.calls) == 1
