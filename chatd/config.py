@@ -271,6 +271,11 @@ def _check_policy(values: Mapping, where: str) -> None:
         raise ConfigError(f"{where}: retries must be at most {MAX_RETRIES}")
 
 
+# An HTTP header name (RFC 9110 token) and a value with no control characters
+# and no surrounding white space.
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_VISIBLE = r"[\x21-\x7e\x80-\uffff]"
+HEADER_VALUE = re.compile(rf"(?:{_VISIBLE}(?:[\x20-\x7e\x80-\uffff]*{_VISIBLE})?)?")
 # A provider name: it also makes the default prefix "<name>/" and metric labels.
 PROVIDER_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
@@ -286,8 +291,14 @@ def _check_row(name: str, value, place: str):
             for wire in value.values():
                 if wire not in WIRES and not wire.startswith(UNSUPPORTED):
                     raise ConfigError(f"{place}: wire_rules: unknown wire format {wire!r}")
-        if name == "headers" and any(k.lower() in ("authorization", "x-api-key") for k in value):
-            raise ConfigError(f"{place}: headers must not carry a key; use key_env and auth")
+        if name == "headers":
+            if any(k.lower() in ("authorization", "x-api-key") for k in value):
+                raise ConfigError(f"{place}: headers must not carry a key; use key_env and auth")
+            for header, text in value.items():
+                # What requests would refuse when a worker builds its session:
+                # caught here, a reload with a typo is refused, not fatal.
+                if not HEADER_NAME.fullmatch(header) or not HEADER_VALUE.fullmatch(text):
+                    raise ConfigError(f"{place}: headers: {header!r} is not a valid header")
         return dict(value)
     if not isinstance(value, str):
         raise ConfigError(f"{place}: {name} must be a string")

@@ -81,8 +81,9 @@ class CallRecord:
 
     def count_tokens(self, usage: dict | None) -> None:
         if usage:
-            self.prompt_tokens = usage.get("prompt_tokens") or 0
-            self.completion_tokens = usage.get("completion_tokens") or 0
+            # Counters only go up: whatever an upstream said, never below 0.
+            self.prompt_tokens = max(0, usage.get("prompt_tokens") or 0)
+            self.completion_tokens = max(0, usage.get("completion_tokens") or 0)
 
     def server_timing(self) -> str:
         """The Server-Timing header: where the time went, as far as known now."""

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import requests
 import urllib3
 from flask import Blueprint, Response, current_app, request
-from werkzeug.exceptions import MethodNotAllowed
+from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from chatd import __version__
 from chatd.chat import fallback_headers, get_reply, open_stream, read_body
@@ -136,10 +136,8 @@ def _local_models(registry) -> list[dict]:
     if adapter is None or "ollama" in registry.disabled:
         return []
     try:
-        response = adapter.session.get(adapter.base_url + "/api/tags", timeout=MODELS_TIMEOUT)
-        response.raise_for_status()
-        models = response.json()["models"]
-    except (requests.RequestException, ValueError, KeyError, TypeError) as e:
+        models = adapter.get_json(adapter.base_url + "/api/tags", MODELS_TIMEOUT)["models"]
+    except (UpstreamError, KeyError, TypeError) as e:
         log.warning("local Ollama's models skipped (%s)", type(e).__name__)
         return []
     return [m for m in models if isinstance(m, dict)] if isinstance(models, list) else []
@@ -151,6 +149,10 @@ def _local_models(registry) -> list[dict]:
 @bp.route("/<path:rest>", methods=["GET", "HEAD", "POST", "DELETE"])
 def relay(rest: str):
     """Pass the call to the local Ollama unchanged; relay its answer as it comes."""
+    if any(segment in ("", ".", "..") for segment in rest.split("/")):
+        # Dot segments would leave /api/ on the upstream's host (urllib3 resolves
+        # them), and /api/chat/ is no way around chatd's own /api/chat.
+        raise NotFound()
     if rest in SERVED_HERE:
         # A wrong method on a path chatd serves itself, not a question for Ollama.
         raise MethodNotAllowed(valid_methods=SERVED_HERE[rest])
@@ -159,12 +161,14 @@ def relay(rest: str):
     record.provider = "ollama"
     body = read_body() if request.method not in ("GET", "HEAD") else None
     headers = {h: request.headers[h] for h in RELAYED_HEADERS if h in request.headers}
+    # The body goes out under the upstream's Content-Encoding: only one the client takes.
+    headers["Accept-Encoding"] = request.headers.get("Accept-Encoding", "identity")
     policy = adapter.policy
     try:
         upstream = adapter.session.request(
             request.method,
             f"{adapter.base_url}/api/{rest}",
-            params=request.args,
+            params=list(request.args.items(multi=True)),
             data=body,
             headers=headers,
             stream=True,
@@ -182,9 +186,9 @@ def relay(rest: str):
             f"the local Ollama is unreachable ({type(e).__name__})", provider="ollama"
         ) from None
     out = {h: upstream.headers[h] for h in RELAYED_HEADERS if h in upstream.headers}
-    response = Response(
-        _relayed(upstream, record), status=upstream.status_code, headers={**out, **RELAY_HEADERS}
-    )
+    # chatd itself never answers 500: the local Ollama's own is a 502 here.
+    status = 502 if upstream.status_code == 500 else upstream.status_code
+    response = Response(_relayed(upstream, record), status=status, headers={**out, **RELAY_HEADERS})
     response.call_on_close(upstream.close)
     return response
 

@@ -65,6 +65,10 @@ def finished_or_cut(
         record.stream_end = "done"
     except ChatdError as e:
         yield error_event(cut(e, record))
+    except Exception:
+        # A bug, not the upstream: still end the stream the way a client can tell.
+        log.exception("stream from %s failed", record.provider)
+        yield error_event(cut(ChatdError("internal error"), record))
     finally:
         upstream.close()
 

@@ -80,6 +80,11 @@ def test_flat_keys_and_tables_set_the_same_row(tmp_path):
         ('[chatd.providers.kimi]\nprefix = "openrouter/"\n', "share the prefix"),
         ('[chatd.providers."Bad Name"]\nurl = "http://x.test"\nwire = "openai"\n', "provider name"),
         ('[chatd.providers.kimi]\ncolour = "blue"\n', "unknown field 'colour'"),
+        # What requests would refuse when a worker builds its session (a reload
+        # with such a typo is refused instead of taking the workers down).
+        ('[chatd.providers.kimi]\nheaders = {"X-A" = " leading space"}\n', "not a valid header"),
+        ('[chatd.providers.kimi]\nheaders = {"X-A" = "a\\r\\nb"}\n', "not a valid header"),
+        ('[chatd.providers.kimi]\nheaders = {"X A" = "b"}\n', "not a valid header"),
     ],
 )
 def test_a_bad_provider_row_names_the_table_and_the_field(tmp_path, text, words):

@@ -10,6 +10,7 @@ what a client is answered in is a dialect's job (:mod:`chatd.dialects`).
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -37,6 +38,8 @@ from chatd.sessions import head_deadline
 # Error bodies are read no further than this: only the first KiB is passed on.
 MAX_ERROR_BODY = 64 * 1024
 READ_SIZE = 64 * 1024
+# A model list (GET /models, /api/tags) is read no further than this.
+MAX_LIST_BYTES = 8 * 1024 * 1024
 # Upstream statuses a retry cannot fix: the key, the model or the request is wrong.
 NOT_RETRYABLE = frozenset({400, 401, 402, 403, 404, 413, 422})
 # A 429 that says a usage quota is spent, not a passing rate limit (Ollama Cloud,
@@ -99,9 +102,48 @@ def copy_fields(request: ChatRequest, names: dict[str, str], into: dict) -> None
             into[name] = value
 
 
+# What a surprise in an upstream's JSON raises while it is read.
+SHAPE_ERRORS = (KeyError, IndexError, TypeError, AttributeError, ValueError)
+
+
+def _text(value) -> bool:
+    return isinstance(value, str)
+
+
+def _maybe_text(value) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def checked_event(event: Event) -> Event:
+    """Return ``event`` if its fields have the neutral types; TypeError if not.
+
+    A reader passes on what the upstream sent (a finish reason, a tool-call
+    index); an upstream that sent a list there must not reach a dialect.
+    """
+    if not (_text(event.content) and _text(event.thinking) and _maybe_text(event.finish_reason)):
+        raise TypeError("event fields")
+    for call in event.tool_calls or ():
+        if type(call.index) is not int or not _text(call.arguments):
+            raise TypeError("tool call piece")
+        if not (_maybe_text(call.id) and _maybe_text(call.name)):
+            raise TypeError("tool call piece")
+    return event
+
+
+def checked_reply(reply: Reply) -> Reply:
+    """Return ``reply`` if its fields have the neutral types; TypeError if not."""
+    if not (_text(reply.content) and _text(reply.thinking) and _maybe_text(reply.finish_reason)):
+        raise TypeError("reply fields")
+    for call in reply.tool_calls:
+        if not (_text(call.id) and _text(call.name) and _text(call.arguments)):
+            raise TypeError("tool call")
+    return reply
+
+
 def count(value) -> int:
-    """A token count from an upstream: an int, or 0 for anything else (absent, null)."""
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    """A token count from an upstream: a non-negative int, or 0 for anything else
+    (absent, null, a string, a negative number: none of them may reach a metric)."""
+    return value if type(value) is int and value >= 0 else 0
 
 
 def _socket_of(response: requests.Response):
@@ -258,7 +300,7 @@ class ChatAdapter:
     ) -> Reply:
         """Send one non-streaming call within ``deadline``; return its answer as a neutral Reply."""
         data = self.complete(request, upstream_model, deadline)
-        reply = self.translate(self.parse_reply, data)
+        reply = self.translate(lambda: checked_reply(self.parse_reply(data)))
         reply.raw = data
         return reply
 
@@ -266,11 +308,13 @@ class ChatAdapter:
         """Apply a format translation, turning a surprise in the upstream's JSON into a 502."""
         try:
             return function(*args)
-        except (KeyError, IndexError, TypeError, AttributeError, ValueError):
-            raise UpstreamError(
-                f"{self.provider} answered with JSON of an unexpected shape",
-                provider=self.provider,
-            ) from None
+        except SHAPE_ERRORS:
+            raise self._unexpected_shape() from None
+
+    def _unexpected_shape(self) -> UpstreamError:
+        return UpstreamError(
+            f"{self.provider} answered with JSON of an unexpected shape", provider=self.provider
+        )
 
     def open_stream(
         self, request: ChatRequest, upstream_model: str, deadline: Deadline | None = None
@@ -305,24 +349,40 @@ class ChatAdapter:
         return UpstreamStream(response, self._neutral(first, events))
 
     def _neutral(self, first: dict, rest: Iterator[dict]) -> Iterator[Event]:
-        """The stream's events read into neutral ones, those that add nothing left out."""
+        """The stream's events read into neutral ones, those that add nothing left out.
+
+        A surprise in an event's JSON (a missing key, a list where a string
+        belongs) is a 502, never a crash in a dialect after the 200 is out.
+        """
         read = self.stream_reader()
-        translate = self.translate
-        event = translate(read, first)
-        if event is not None:
-            yield event
-        for raw in rest:
-            event = translate(read, raw)
-            if event is not None:
-                yield event
+        try:
+            for raw in itertools.chain((first,), rest):
+                event = read(raw)
+                if event is not None:
+                    yield checked_event(event)
+        except SHAPE_ERRORS:
+            raise self._unexpected_shape() from None
 
     def list_models(self, timeout: float) -> list[str]:
         """Return the upstream's model ids; raises UpstreamError on any failure."""
+        return self.translate(self.parse_models, self.get_json(self.models_url, timeout))
+
+    def get_json(self, url: str, timeout: float, limit: int = MAX_LIST_BYTES):
+        """GET ``url`` on this provider's session; return the decoded JSON.
+
+        Read no further than ``limit`` bytes: a broken upstream's endless list
+        must not fill the worker's memory.
+
+        :raises UpstreamError: on any failure, the cause named by its type only.
+        """
         try:
-            response = self.session.get(self.models_url, timeout=timeout)
-            response.raise_for_status()
-            return self.translate(self.parse_models, response.json())
-        except (requests.RequestException, ValueError) as e:
+            with self.session.get(url, timeout=timeout, stream=True) as response:
+                response.raise_for_status()
+                raw = response.raw.read(limit + 1, decode_content=True)
+            if len(raw) > limit:
+                raise ValueError(f"more than {limit} bytes")
+            return codec.loads(raw)
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError) as e:
             raise UpstreamError(
                 f"{self.provider} did not list its models ({type(e).__name__})",
                 provider=self.provider,
