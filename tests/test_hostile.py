@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
 import time
 
 import pytest
@@ -515,8 +516,6 @@ def test_long_model_names_cannot_bloat_metrics(live):
 
 def _raw(live, request: bytes) -> tuple[int, dict, bytes]:
     """Send ``request`` as is and return (status, headers, body) of the answer."""
-    import socket
-
     host, port = live.url.rsplit("/", 1)[1].split(":")
     with socket.create_connection((host, int(port)), timeout=5) as sock:
         sock.sendall(request)
@@ -563,3 +562,104 @@ def test_gunicorns_own_errors_are_json(live, request_bytes, status):
     assert headers["content-type"] == "application/json"
     error = json.loads(body)["error"]
     assert error["type"] and error["message"]
+
+
+# -- slow clients starve nothing -----------------------------------------------------
+
+DRIP_CONNECTIONS = 300
+DRIP_SECONDS = 20
+# Where each kind of drip starts: a head never finished, or a whole head and a
+# body of which one byte a second arrives.
+DRIP_STARTS = {
+    "head": b"POST /chat HTTP/1.1\r\nHost: x\r\nX-Slow: ",
+    "body": b"POST /chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b"Content-Length: 1000\r\n\r\n{",
+}
+
+
+class Drippers:
+    """``count`` loopback connections sending ``start`` then one byte a second, in one thread.
+
+    Bounded by ``seconds``; every socket is closed when it ends or on exit.
+    """
+
+    def __init__(self, port: int, start: bytes, count: int, seconds: float):
+        import threading
+
+        self.port, self.start, self.count, self.seconds = port, start, count, seconds
+        self.sockets: list = []
+        self.refused = 0  # connections chatd closed (a 408 past its deadline)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        for _ in range(self.count):
+            sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+            sock.sendall(self.start)
+            self.sockets.append(sock)
+        ends = time.monotonic() + self.seconds
+        while not self.stopped.wait(1.0) and time.monotonic() < ends:
+            for sock in list(self.sockets):
+                try:
+                    sock.send(b"a")
+                except OSError:
+                    self.sockets.remove(sock)
+                    self.refused += 1
+                    sock.close()
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while len(self.sockets) < self.count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(self.sockets) == self.count, "the drip connections did not open"
+        return self
+
+    def __exit__(self, *exc):
+        self.stopped.set()
+        self.thread.join(10)
+        for sock in self.sockets:
+            sock.close()
+
+
+def _timed(call) -> float:
+    started = time.monotonic()
+    response = call()
+    assert response.status_code == 200, response.text[:300]
+    return time.monotonic() - started
+
+
+@pytest.fixture(scope="module")
+def shipped(fakes, tmp_path_factory):
+    """chatd with the shipped defaults (workers, threads, timeouts), on loopback."""
+    path = write_config(tmp_path_factory.mktemp("shipped") / "chatd.toml", **provider_urls(fakes))
+    with run_chatd(path, clean_env(**TEST_KEYS), workers=2) as chatd:
+        yield chatd
+
+
+@pytest.mark.parametrize("kind", list(DRIP_STARTS))
+def test_slow_clients_starve_nothing_straight_at_gunicorn(shipped, kind):
+    port = int(shipped.url.rsplit(":", 1)[1])
+    body = {"model": "kimi/k2", "messages": MESSAGES}
+    times = []
+    probe = socket.create_connection(("127.0.0.1", port), timeout=DRIP_SECONDS + 5)
+    probe.sendall(DRIP_STARTS[kind])
+    with Drippers(port, DRIP_STARTS[kind], DRIP_CONNECTIONS, DRIP_SECONDS) as drippers:
+        # Through the whole drip: the head deadline (10 s) passes in it for "head".
+        while drippers.thread.is_alive():
+            times.append(_timed(lambda: requests.get(shipped.url + "/health", timeout=5)))
+            times.append(_timed(lambda: requests.post(shipped.url + "/chat", json=body, timeout=5)))
+            time.sleep(0.5)
+    assert len(times) >= 20
+    assert max(times) < 1.0, sorted(times)[-5:]
+    if kind != "head":
+        probe.close()
+    else:
+        # Past head_timeout_secs, the head drippers were answered 408 and closed.
+        assert drippers.refused == DRIP_CONNECTIONS
+        # ...with chatd's JSON error body, as every non-2xx.
+        with probe:
+            answer = probe.recv(4096)
+        head, _, error = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 ")
+        assert json.loads(error)["error"]["type"] == "request_timeout"
