@@ -25,7 +25,7 @@ CONTAINER_COST = 72
 QUOTE_COST = 36
 COMMA_COST = 40
 # A body may cost this many times its size parsed; the estimate errs high.
-MAX_COST_RATIO = 12
+MAX_COST_RATIO = 10
 # Below this, any body is parsed: its worst case is small whatever its shape.
 FREE_COST = 16 << 20
 # After a request whose body was at least this large, trim the heap.

@@ -209,7 +209,7 @@ class WholeRequests(ThreadWorker):
         """Give ``conn`` to a thread with what was read replayed to gunicorn's parser."""
         self.release(conn)
         conn.init()  # makes the parser; no I/O for plain HTTP/1
-        conn.parser.unreader.unread(bytes(held.data))
+        conn.parser.unreader.unread(held.data)
         conn.data_ready = True  # gthread must not wait for the socket: the bytes are here
         conn.whole = True
         self.enqueue_req(conn)

@@ -663,3 +663,101 @@ def test_slow_clients_starve_nothing_straight_at_gunicorn(shipped, kind):
         head, _, error = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 408 ")
         assert json.loads(error)["error"]["type"] == "request_timeout"
+
+
+# -- bounded memory per request ---------------------------------------------------------
+
+MIB = 1 << 20
+
+
+def worker_pids(chatd) -> list[int]:
+    """The gunicorn workers of a live chatd (the master's children)."""
+    pid = chatd.process.pid
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(child) for child in f.read().split()]
+
+
+def _status(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def _peak_growth(chatd, send) -> int:
+    """Run ``send`` and return how much the workers' peak RSS (VmHWM) grew over their RSS."""
+    pids = worker_pids(chatd)
+    before = {}
+    for pid in pids:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+        before[pid] = _status(pid, "VmRSS")
+    send()
+    return sum(max(_status(pid, "VmHWM") - before[pid], 0) for pid in pids)
+
+
+def _body_of(piece: bytes, size: int, head=b'{"model":"kimi/k2","messages":[', tail=b"]}") -> bytes:
+    """A body of ``size`` bytes: head, then ``piece`` repeated, comma-separated, then tail."""
+    count = (size - len(head) - len(tail)) // (len(piece) + 1)
+    return head + b",".join([piece] * count) + tail
+
+
+EXPLODING = {
+    "nested empty lists": _body_of(b"[]", 4 * MIB, b'{"model":"kimi/k2","options":{"a":[', b"]}}"),
+    "empty objects": _body_of(b"{}", 4 * MIB, b'{"model":"kimi/k2","options":{"a":[', b"]}}"),
+    "tiny messages": _body_of(b'{"role":"user","content":""}', 4 * MIB),
+    "floats": _body_of(b"1.5", 4 * MIB, b'{"model":"kimi/k2","options":{"a":[', b"]}}"),
+}
+
+
+@pytest.mark.parametrize("case", list(EXPLODING))
+def test_a_body_built_to_explode_is_refused_before_parsing(shipped, case):
+    body = EXPLODING[case]
+    assert len(body) <= 4 * MIB  # within the shipped max_request_bytes
+    answers = []
+
+    def send():
+        headers = {"Content-Type": "application/json"}
+        answers.append(requests.post(shipped.url + "/chat", data=body, headers=headers, timeout=30))
+
+    growth = _peak_growth(shipped, send)
+    assert answers[0].status_code == 413, answers[0].text[:300]
+    assert "too dense" in answers[0].json()["error"]["message"]
+    assert growth < 16 * len(body), growth // MIB
+
+
+def test_a_dense_body_under_the_bound_is_parsed_within_it(shipped):
+    # Short strings: estimated at 9.6x their size, under the 10x bound, so this one is parsed.
+    body = _body_of(
+        b'"xxxxxxxxxx"', 4 * MIB, b'{"model":"kimi/k2","messages":[],"options":{"a":[', b"]}}"
+    )
+    answers = []
+
+    def send():
+        headers = {"Content-Type": "application/json"}
+        answers.append(requests.post(shipped.url + "/chat", data=body, headers=headers, timeout=30))
+
+    growth = _peak_growth(shipped, send)
+    assert answers[0].status_code == 400, answers[0].text[:300]  # parsed: messages is empty
+    assert growth < 16 * len(body), growth // MIB
+
+
+def test_eight_exploding_bodies_at_once_stay_under_256_mib(shipped):
+    from concurrent.futures import ThreadPoolExecutor
+
+    bodies = [EXPLODING[case] for case in EXPLODING] * 3
+    statuses = []
+
+    def send():
+        headers = {"Content-Type": "application/json"}
+        with ThreadPoolExecutor(8) as pool:
+            posts = pool.map(
+                lambda b: requests.post(shipped.url + "/chat", data=b, headers=headers, timeout=30),
+                bodies[:8],
+            )
+            statuses.extend(response.status_code for response in posts)
+
+    growth = _peak_growth(shipped, send)
+    assert statuses == [413] * 8
+    assert growth < 256 * MIB, growth // MIB
