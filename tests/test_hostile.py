@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import socket
 import time
 
@@ -546,14 +547,17 @@ def test_a_client_sent_script_name_is_ignored(live, value):
     assert response.status_code == 200
 
 
+GUNICORN_ERRORS = [
+    (b"GET /health HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n", 400),
+    (b"NOT A REQUEST\r\n\r\n", 400),
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+    (b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-A: b\r\n" * 200 + b"\r\n", 431),
+]
+
+
 @pytest.mark.parametrize(
     "request_bytes, status",
-    [
-        (b"GET /health HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n", 400),
-        (b"NOT A REQUEST\r\n\r\n", 400),
-        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
-        (b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-A: b\r\n" * 200 + b"\r\n", 431),
-    ],
+    GUNICORN_ERRORS,
     ids=["bad header", "bad request line", "uri too long", "too many headers"],
 )
 def test_gunicorns_own_errors_are_json(live, request_bytes, status):
@@ -761,3 +765,67 @@ def test_eight_exploding_bodies_at_once_stay_under_256_mib(shipped):
     growth = _peak_growth(shipped, send)
     assert statuses == [413] * 8
     assert growth < 256 * MIB, growth // MIB
+
+
+# -- the attacks replayed: the service is healthy after -----------------------------------
+
+
+REPLAY_CONCURRENCY = 4
+
+
+def _replay(chatd):
+    """Each attack of issue 9 once, bounded in count and time, on loopback."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    port = int(chatd.url.rsplit(":", 1)[1])
+    headers = {"Content-Type": "application/json"}
+    with (
+        Drippers(port, DRIP_STARTS["head"], 50, 2) as heads,
+        Drippers(port, DRIP_STARTS["body"], 50, 2) as bodies,
+    ):
+        while heads.thread.is_alive() or bodies.thread.is_alive():  # each ends after 2 s
+            time.sleep(0.1)
+    for case in HOSTILE_BODIES:
+        body = {"model": "kimi/k2", "messages": MESSAGES, **HOSTILE_BODIES[case]}
+        response = requests.post(
+            chatd.url + "/chat", data=json.dumps(body), headers=headers, timeout=10
+        )
+        assert response.status_code == 400, (case, response.text[:200])
+    with ThreadPoolExecutor(REPLAY_CONCURRENCY) as pool:
+        posts = pool.map(
+            lambda b: requests.post(chatd.url + "/chat", data=b, headers=headers, timeout=30),
+            list(EXPLODING.values()),
+        )
+        assert {response.status_code for response in posts} == {413}
+    for request_bytes, status in GUNICORN_ERRORS:
+        assert _raw(chatd, request_bytes)[0] == status
+    forged = requests.get(chatd.url + "/chat%0aINFO%20chatd.access", timeout=5)
+    assert forged.status_code == 404
+
+
+def _open_fds_and_threads(chatd) -> tuple[int, int]:
+    pids = worker_pids(chatd)
+    return (
+        sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in pids),
+        sum(len(os.listdir(f"/proc/{pid}/task")) for pid in pids),
+    )
+
+
+def test_after_the_attacks_the_service_is_healthy(shipped):
+    # Once to let gthread start the threads this needs, then again: the second
+    # replay (100 drip connections, ~40 requests) must leave no fd behind, and
+    # threads only as gthread's pool keeps them: at most one per request that
+    # was in flight at once (REPLAY_CONCURRENCY), never one per connection.
+    _replay(shipped)
+    baseline = _open_fds_and_threads(shipped)
+    _replay(shipped)
+    threads_bound = baseline[1] + REPLAY_CONCURRENCY
+    deadline = time.monotonic() + 20
+    now = _open_fds_and_threads(shipped)
+    while time.monotonic() < deadline and (now[0] > baseline[0] or now[1] > threads_bound):
+        time.sleep(0.2)
+        now = _open_fds_and_threads(shipped)
+    assert now[0] <= baseline[0] and now[1] <= threads_bound, (baseline, now)
+    assert requests.get(shipped.url + "/health", timeout=5).status_code == 200
+    body = {"model": "kimi/k2", "messages": MESSAGES}
+    assert requests.post(shipped.url + "/chat", json=body, timeout=10).status_code == 200
