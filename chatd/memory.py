@@ -44,8 +44,8 @@ def parse_cost(data: bytes) -> int:
 
 def check_parse_cost(data: bytes) -> None:
     """Refuse (413) a body that would cost more than MAX_COST_RATIO x its size parsed."""
-    if len(data) * MAX_COST_RATIO < FREE_COST // 2:
-        return  # cannot reach FREE_COST: skip the count
+    if len(data) * (1 + CONTAINER_COST) <= FREE_COST:
+        return  # even a body of nothing but `[` cannot reach FREE_COST: skip the count
     cost = parse_cost(data)
     if cost > FREE_COST and cost > MAX_COST_RATIO * len(data):
         raise TooComplex(

@@ -829,3 +829,14 @@ def test_after_the_attacks_the_service_is_healthy(shipped):
     assert requests.get(shipped.url + "/health", timeout=5).status_code == 200
     body = {"model": "kimi/k2", "messages": MESSAGES}
     assert requests.post(shipped.url + "/chat", json=body, timeout=10).status_code == 200
+
+
+def test_the_parse_cost_bound_spares_small_and_plain_bodies():
+    from chatd.errors import TooComplex
+    from chatd.memory import FREE_COST, check_parse_cost
+
+    check_parse_cost(b"[" * (224 << 10))  # under 224 KiB: never refused, whatever its shape
+    with pytest.raises(TooComplex):
+        check_parse_cost(b"[" * (FREE_COST // 70))
+    plain = _body_of(b'{"role":"user","content":"' + b"word " * 40 + b'"}', 4 * MIB)
+    check_parse_cost(plain)  # a real conversation is ~3x its size parsed
