@@ -93,6 +93,25 @@ max_requests_jitter = 10000
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 #
+# Slow clients (chatd.worker.WholeRequests)
+#
+#   A connection stays in the worker's event loop, costing no thread, until
+#   its whole request has arrived; only then does a thread take it. A client
+#   that has not sent its whole head within head_timeout_secs (from connecting,
+#   or from its next request's first byte on a kept-alive connection), or its
+#   body within body_timeout_secs of the head, gets a JSON 408 and is closed.
+#   A body over max_request_bytes is handed over at once (for chatd's 413);
+#   a chunked body after its head. A worker holds at most hold_budget_bytes of
+#   bodies this way; past that, a body is read by its thread as gthread does.
+
+from chatd.worker import WholeRequests  # noqa: E402
+
+WholeRequests.head_timeout_secs = 10.0
+WholeRequests.body_timeout_secs = 30.0
+WholeRequests.max_body_bytes = _settings.max_request_bytes
+WholeRequests.hold_budget_bytes = 64 << 20
+
+#
 # Proxies
 #
 #   forwarded_allow_ips - Peers whose forwarding headers gunicorn believes:

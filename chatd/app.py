@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from flask import Flask, Request, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from chatd import anthropic_api, chat, health, ollama_api, openai_api
+from chatd import anthropic_api, chat, health, memory, ollama_api, openai_api
 from chatd.auth import TokenCheck
 from chatd.codec import OrjsonProvider
 from chatd.config import Settings, check_exposure, effective_tokens, load_settings
@@ -116,6 +116,8 @@ def create_app(
     app.register_blueprint(anthropic_api.bp)
     app.register_blueprint(ollama_api.bp)
     app.after_request(finish_responses(metrics))
+    # A large body's parsed objects are freed by then; the heap need not keep them.
+    app.teardown_request(memory.trim_after_large_body)
     return app
 
 

@@ -59,6 +59,13 @@ class BadRequest(ChatdError):
     error_type = "invalid_request"
 
 
+class TooComplex(ChatdError):
+    """The body is within max_request_bytes but would take too much memory parsed."""
+
+    status_code = 413
+    error_type = "request_too_large"
+
+
 class ProviderNotFound(ChatdError):
     """The model routes to a provider that is not registered (it has no key)."""
 

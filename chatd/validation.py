@@ -15,6 +15,7 @@ import re
 
 from chatd import codec
 from chatd.errors import BadRequest
+from chatd.memory import check_parse_cost
 from chatd.neutral import ChatRequest
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -365,6 +366,7 @@ def parse_json(data: bytes):
     """Decode a request body, turning any decoding failure into a clear 400."""
     if not data:
         raise BadRequest("request body is empty; expected a JSON object")
+    check_parse_cost(data)
     try:
         body = codec.loads(data)
     except codec.DecodeError as e:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import socket
 import time
 
 import pytest
@@ -562,8 +564,6 @@ def test_long_model_names_cannot_bloat_metrics(live):
 
 def _raw(live, request: bytes) -> tuple[int, dict, bytes]:
     """Send ``request`` as is and return (status, headers, body) of the answer."""
-    import socket
-
     host, port = live.url.rsplit("/", 1)[1].split(":")
     with socket.create_connection((host, int(port)), timeout=5) as sock:
         sock.sendall(request)
@@ -594,14 +594,17 @@ def test_a_client_sent_script_name_is_ignored(live, value):
     assert response.status_code == 200
 
 
+GUNICORN_ERRORS = [
+    (b"GET /health HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n", 400),
+    (b"NOT A REQUEST\r\n\r\n", 400),
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+    (b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-A: b\r\n" * 200 + b"\r\n", 431),
+]
+
+
 @pytest.mark.parametrize(
     "request_bytes, status",
-    [
-        (b"GET /health HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n", 400),
-        (b"NOT A REQUEST\r\n\r\n", 400),
-        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
-        (b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-A: b\r\n" * 200 + b"\r\n", 431),
-    ],
+    GUNICORN_ERRORS,
     ids=["bad header", "bad request line", "uri too long", "too many headers"],
 )
 def test_gunicorns_own_errors_are_json(live, request_bytes, status):
@@ -615,3 +618,277 @@ def test_gunicorns_own_errors_are_json(live, request_bytes, status):
         == {400: "invalid_request", 414: "uri_too_long", 431: "headers_too_large"}[status]
     )
     assert error["message"]
+
+
+# -- slow clients starve nothing -----------------------------------------------------
+
+DRIP_CONNECTIONS = 300
+DRIP_SECONDS = 20
+# Where each kind of drip starts: a head never finished, or a whole head and a
+# body of which one byte a second arrives.
+DRIP_STARTS = {
+    "head": b"POST /chat HTTP/1.1\r\nHost: x\r\nX-Slow: ",
+    "body": b"POST /chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b"Content-Length: 1000\r\n\r\n{",
+}
+
+
+class Drippers:
+    """``count`` loopback connections sending ``start`` then one byte a second, in one thread.
+
+    Bounded by ``seconds``; every socket is closed when it ends or on exit.
+    """
+
+    def __init__(self, port: int, start: bytes, count: int, seconds: float):
+        import threading
+
+        self.port, self.start, self.count, self.seconds = port, start, count, seconds
+        self.sockets: list = []
+        self.refused = 0  # connections chatd closed (a 408 past its deadline)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        for _ in range(self.count):
+            sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+            sock.sendall(self.start)
+            self.sockets.append(sock)
+        ends = time.monotonic() + self.seconds
+        while not self.stopped.wait(1.0) and time.monotonic() < ends:
+            for sock in list(self.sockets):
+                try:
+                    sock.send(b"a")
+                except OSError:
+                    self.sockets.remove(sock)
+                    self.refused += 1
+                    sock.close()
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while len(self.sockets) < self.count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(self.sockets) == self.count, "the drip connections did not open"
+        return self
+
+    def __exit__(self, *exc):
+        self.stopped.set()
+        self.thread.join(10)
+        for sock in self.sockets:
+            sock.close()
+
+
+def _timed(call) -> float:
+    started = time.monotonic()
+    response = call()
+    assert response.status_code == 200, response.text[:300]
+    return time.monotonic() - started
+
+
+@pytest.fixture(scope="module")
+def shipped(fakes, tmp_path_factory):
+    """chatd with the shipped defaults (workers, threads, timeouts), on loopback."""
+    path = write_config(tmp_path_factory.mktemp("shipped") / "chatd.toml", **provider_urls(fakes))
+    with run_chatd(path, clean_env(**TEST_KEYS), workers=2) as chatd:
+        yield chatd
+
+
+@pytest.mark.parametrize("kind", list(DRIP_STARTS))
+def test_slow_clients_starve_nothing_straight_at_gunicorn(shipped, kind):
+    port = int(shipped.url.rsplit(":", 1)[1])
+    body = {"model": "kimi/k2", "messages": MESSAGES}
+    times = []
+    probe = socket.create_connection(("127.0.0.1", port), timeout=DRIP_SECONDS + 5)
+    probe.sendall(DRIP_STARTS[kind])
+    with Drippers(port, DRIP_STARTS[kind], DRIP_CONNECTIONS, DRIP_SECONDS) as drippers:
+        # Through the whole drip: the head deadline (10 s) passes in it for "head".
+        while drippers.thread.is_alive():
+            times.append(_timed(lambda: requests.get(shipped.url + "/health", timeout=5)))
+            times.append(_timed(lambda: requests.post(shipped.url + "/chat", json=body, timeout=5)))
+            time.sleep(0.5)
+    assert len(times) >= 20
+    assert max(times) < 1.0, sorted(times)[-5:]
+    if kind != "head":
+        probe.close()
+    else:
+        # Past head_timeout_secs, the head drippers were answered 408 and closed.
+        assert drippers.refused == DRIP_CONNECTIONS
+        # ...with chatd's JSON error body, as every non-2xx.
+        with probe:
+            answer = probe.recv(4096)
+        head, _, error = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 ")
+        assert json.loads(error)["error"]["type"] == "request_timeout"
+
+
+# -- bounded memory per request ---------------------------------------------------------
+
+MIB = 1 << 20
+
+
+def worker_pids(chatd) -> list[int]:
+    """The gunicorn workers of a live chatd (the master's children)."""
+    pid = chatd.process.pid
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(child) for child in f.read().split()]
+
+
+def _status(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def _peak_growth(chatd, send) -> int:
+    """Run ``send`` and return how much the workers' peak RSS (VmHWM) grew over their RSS."""
+    pids = worker_pids(chatd)
+    before = {}
+    for pid in pids:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+        before[pid] = _status(pid, "VmRSS")
+    send()
+    return sum(max(_status(pid, "VmHWM") - before[pid], 0) for pid in pids)
+
+
+def _body_of(piece: bytes, size: int, head=b'{"model":"kimi/k2","messages":[', tail=b"]}") -> bytes:
+    """A body of ``size`` bytes: head, then ``piece`` repeated, comma-separated, then tail."""
+    count = (size - len(head) - len(tail)) // (len(piece) + 1)
+    return head + b",".join([piece] * count) + tail
+
+
+EXPLODING = {
+    "nested empty lists": _body_of(b"[]", 4 * MIB, b'{"model":"kimi/k2","options":{"a":[', b"]}}"),
+    "empty objects": _body_of(b"{}", 4 * MIB, b'{"model":"kimi/k2","options":{"a":[', b"]}}"),
+    "tiny messages": _body_of(b'{"role":"user","content":""}', 4 * MIB),
+    "floats": _body_of(b"1.5", 4 * MIB, b'{"model":"kimi/k2","options":{"a":[', b"]}}"),
+}
+
+
+@pytest.mark.parametrize("case", list(EXPLODING))
+def test_a_body_built_to_explode_is_refused_before_parsing(shipped, case):
+    body = EXPLODING[case]
+    assert len(body) <= 4 * MIB  # within the shipped max_request_bytes
+    answers = []
+
+    def send():
+        headers = {"Content-Type": "application/json"}
+        answers.append(requests.post(shipped.url + "/chat", data=body, headers=headers, timeout=30))
+
+    growth = _peak_growth(shipped, send)
+    assert answers[0].status_code == 413, answers[0].text[:300]
+    assert "too dense" in answers[0].json()["error"]["message"]
+    assert growth < 16 * len(body), growth // MIB
+
+
+def test_a_dense_body_under_the_bound_is_parsed_within_it(shipped):
+    # Short strings: estimated at 9.6x their size, under the 10x bound, so this one is parsed.
+    body = _body_of(
+        b'"xxxxxxxxxx"', 4 * MIB, b'{"model":"kimi/k2","messages":[],"options":{"a":[', b"]}}"
+    )
+    answers = []
+
+    def send():
+        headers = {"Content-Type": "application/json"}
+        answers.append(requests.post(shipped.url + "/chat", data=body, headers=headers, timeout=30))
+
+    growth = _peak_growth(shipped, send)
+    assert answers[0].status_code == 400, answers[0].text[:300]  # parsed: messages is empty
+    assert growth < 16 * len(body), growth // MIB
+
+
+def test_eight_exploding_bodies_at_once_stay_under_256_mib(shipped):
+    from concurrent.futures import ThreadPoolExecutor
+
+    bodies = [EXPLODING[case] for case in EXPLODING] * 3
+    statuses = []
+
+    def send():
+        headers = {"Content-Type": "application/json"}
+        with ThreadPoolExecutor(8) as pool:
+            posts = pool.map(
+                lambda b: requests.post(shipped.url + "/chat", data=b, headers=headers, timeout=30),
+                bodies[:8],
+            )
+            statuses.extend(response.status_code for response in posts)
+
+    growth = _peak_growth(shipped, send)
+    assert statuses == [413] * 8
+    assert growth < 256 * MIB, growth // MIB
+
+
+# -- the attacks replayed: the service is healthy after -----------------------------------
+
+
+REPLAY_CONCURRENCY = 4
+
+
+def _replay(chatd):
+    """Each attack of issue 9 once, bounded in count and time, on loopback."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    port = int(chatd.url.rsplit(":", 1)[1])
+    headers = {"Content-Type": "application/json"}
+    with (
+        Drippers(port, DRIP_STARTS["head"], 50, 2) as heads,
+        Drippers(port, DRIP_STARTS["body"], 50, 2) as bodies,
+    ):
+        while heads.thread.is_alive() or bodies.thread.is_alive():  # each ends after 2 s
+            time.sleep(0.1)
+    for case in HOSTILE_BODIES:
+        body = {"model": "kimi/k2", "messages": MESSAGES, **HOSTILE_BODIES[case]}
+        response = requests.post(
+            chatd.url + "/chat", data=json.dumps(body), headers=headers, timeout=10
+        )
+        assert response.status_code == 400, (case, response.text[:200])
+    with ThreadPoolExecutor(REPLAY_CONCURRENCY) as pool:
+        posts = pool.map(
+            lambda b: requests.post(chatd.url + "/chat", data=b, headers=headers, timeout=30),
+            list(EXPLODING.values()),
+        )
+        assert {response.status_code for response in posts} == {413}
+    for request_bytes, status in GUNICORN_ERRORS:
+        assert _raw(chatd, request_bytes)[0] == status
+    forged = requests.get(chatd.url + "/chat%0aINFO%20chatd.access", timeout=5)
+    assert forged.status_code == 404
+
+
+def _open_fds_and_threads(chatd) -> tuple[int, int]:
+    pids = worker_pids(chatd)
+    return (
+        sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in pids),
+        sum(len(os.listdir(f"/proc/{pid}/task")) for pid in pids),
+    )
+
+
+def test_after_the_attacks_the_service_is_healthy(shipped):
+    # Once to let gthread start the threads this needs, then again: the second
+    # replay (100 drip connections, ~40 requests) must leave no fd behind, and
+    # threads only as gthread's pool keeps them: at most one per request that
+    # was in flight at once (REPLAY_CONCURRENCY), never one per connection.
+    _replay(shipped)
+    baseline = _open_fds_and_threads(shipped)
+    _replay(shipped)
+    threads_bound = baseline[1] + REPLAY_CONCURRENCY
+    deadline = time.monotonic() + 20
+    now = _open_fds_and_threads(shipped)
+    while time.monotonic() < deadline and (now[0] > baseline[0] or now[1] > threads_bound):
+        time.sleep(0.2)
+        now = _open_fds_and_threads(shipped)
+    assert now[0] <= baseline[0] and now[1] <= threads_bound, (baseline, now)
+    assert requests.get(shipped.url + "/health", timeout=5).status_code == 200
+    body = {"model": "kimi/k2", "messages": MESSAGES}
+    assert requests.post(shipped.url + "/chat", json=body, timeout=10).status_code == 200
+
+
+def test_the_parse_cost_bound_spares_small_and_plain_bodies():
+    from chatd.errors import TooComplex
+    from chatd.memory import FREE_COST, check_parse_cost
+
+    check_parse_cost(b"[" * (224 << 10))  # under 224 KiB: never refused, whatever its shape
+    with pytest.raises(TooComplex):
+        check_parse_cost(b"[" * (FREE_COST // 70))
+    plain = _body_of(b'{"role":"user","content":"' + b"word " * 40 + b'"}', 4 * MIB)
+    check_parse_cost(plain)  # a real conversation is ~3x its size parsed

@@ -84,7 +84,7 @@ daemon off;
 user root;
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
-events {{ worker_connections 256; }}
+events {{ worker_connections 1024; }}  # room for the 300 drippers
 http {{
     access_log off;
     client_body_temp_path {prefix}/body;
@@ -183,3 +183,25 @@ def test_the_log_has_the_client_address_nginx_saw(nginx, chatd):
     lines = [json.loads(line) for line in chatd.log_text().splitlines() if line.startswith("{")]
     access = [line for line in lines if line.get("request_id") == "client-address-1"]
     assert access and access[-1]["client"] == CLIENT_ADDRESS
+
+
+def test_a_dripped_body_through_nginx_starves_nothing(nginx, chatd):
+    """nginx buffers the body (proxy_request_buffering on): drippers never reach chatd."""
+    from tests.test_hostile import DRIP_CONNECTIONS, DRIP_SECONDS, DRIP_STARTS, Drippers
+
+    times = []
+    with Drippers(nginx, DRIP_STARTS["body"], DRIP_CONNECTIONS, DRIP_SECONDS) as drippers:
+        while drippers.thread.is_alive():
+            for method, path, body in (
+                ("GET", "/health", None),
+                ("POST", "/chat", {"model": "kimi/k2", "messages": MESSAGES}),
+            ):
+                started = time.monotonic()
+                response, connection = request(nginx, method, path, body)
+                response.read()
+                connection.close()
+                assert response.status == 200
+                times.append(time.monotonic() - started)
+            time.sleep(0.5)
+    assert len(times) >= 20
+    assert max(times) < 1.0, sorted(times)[-5:]
