@@ -160,6 +160,13 @@ def test_v1_response_format_still_reaches_an_openai_provider_whole(client, upstr
     assert got["response_format"] == response_format
 
 
+def test_v1_response_format_is_a_400_for_an_anthropic_provider(client):
+    body = {"model": "ant/m", "messages": HI, "response_format": {"type": "json_object"}}
+    response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400
+    assert "format" in response.json["error"]["message"]
+
+
 @pytest.mark.parametrize(
     "field, value",
     [
