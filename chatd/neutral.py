@@ -20,6 +20,18 @@ from dataclasses import dataclass, field
 
 #: Finish reasons as the neutral shapes name them.
 STOP, LENGTH, TOOL_CALLS, CONTENT_FILTER = "stop", "length", "tool_calls", "content_filter"
+#: Knobs several dialects carry and several wire formats take, each under its
+#: own name or not at all: typed fields, so each wire maps what it can and
+#: drops the rest (never an unknown field that an upstream answers 400 to).
+KNOBS = (
+    "reasoning_effort",
+    "presence_penalty",
+    "frequency_penalty",
+    "top_k",
+    "parallel_tool_calls",
+)
+#: OpenAI's reasoning_effort values (``none`` turns reasoning off).
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 
 
 @dataclass(slots=True)
@@ -42,7 +54,16 @@ class ChatRequest:
     seed: int | None = None
     #: "json" for JSON mode, or a JSON-schema object for structured output.
     format: str | dict | None = None
-    #: Provider-native extras, merged last into what is sent upstream.
+    #: One of REASONING_EFFORTS: how hard a reasoning model thinks.
+    reasoning_effort: str | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    top_k: int | None = None
+    #: False: the model may call at most one tool per turn.
+    parallel_tool_calls: bool | None = None
+    #: Extras written for the upstream, merged last into what is sent there: a
+    #: /chat caller's provider-native ones (every wire), or the fields a /v1
+    #: client sent that chatd has no name for (OpenAI-style wires only).
     options: dict = field(default_factory=dict)
     tools: list | None = None
     tool_choice: str | dict | None = None

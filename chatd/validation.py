@@ -16,7 +16,7 @@ import re
 from chatd import codec
 from chatd.errors import BadRequest
 from chatd.memory import check_parse_cost
-from chatd.neutral import ChatRequest
+from chatd.neutral import KNOBS, REASONING_EFFORTS, ChatRequest
 
 ROLES = ("system", "user", "assistant", "tool")
 MAX_FALLBACKS = 8
@@ -179,6 +179,32 @@ def _check_stop(value) -> list[str] | None:
     raise BadRequest("stop must be a string or a list of strings")
 
 
+def read_knobs(source: dict, names=KNOBS, where: str = "") -> dict:
+    """Check the shared knobs ``names`` found in ``source``; return them as
+    ChatRequest fields (``where`` prefixes the field named in an error).
+
+    :raises BadRequest: a knob of the wrong type or out of range.
+    """
+    knobs = {}
+    for name in names:
+        value = source.get(name)
+        if value is None:
+            continue
+        if name == "reasoning_effort":
+            if value not in REASONING_EFFORTS:
+                raise BadRequest(f"{where}{name} must be one of {', '.join(REASONING_EFFORTS)}")
+        elif name == "top_k":
+            if not _is_int(value) or value < 0:
+                raise BadRequest(f"{where}{name} must be a non-negative integer")
+        elif name == "parallel_tool_calls":
+            if not isinstance(value, bool):
+                raise BadRequest(f"{where}{name} must be true or false")
+        elif not _is_number(value):  # the penalties: the upstream knows its range
+            raise BadRequest(f"{where}{name} must be a number")
+        knobs[name] = value
+    return knobs
+
+
 def _check_format(value):
     if value is None or value == "json":
         return value
@@ -260,12 +286,14 @@ def build_chat_request(
     )
 
 
-# The fields a client may send: the neutral request's own, less what chatd sets.
+# The fields a client may send: the neutral request's own, less what chatd sets
+# and the shared knobs (a /chat caller puts its provider's own in `options`).
 _ALLOWED = frozenset(ChatRequest.__slots__) - {
     "request_id",
     "dialect",
     "native",
     "native_headers",
+    *KNOBS,
 }
 
 
@@ -331,9 +359,12 @@ def build_openai_request(body) -> tuple[ChatRequest, bool]:
     """Check an OpenAI chat-completions body; return it as a ChatRequest and
     whether the client asked for usage in its stream.
 
-    OpenAI fields chatd has no name for travel in ``options``: OpenAI-style
-    upstreams get them back at the top level unchanged, Ollama gets the ones
-    it understands.
+    The knobs other wire formats have names for (``reasoning_effort``,
+    penalties, ``top_k``, ``parallel_tool_calls``) become typed fields. OpenAI
+    fields chatd has no name for travel in ``options``: OpenAI-style upstreams
+    get them back at the top level unchanged, Ollama gets the ones it
+    understands, Anthropic and Responses upstreams none (they refuse fields
+    they do not know).
     """
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
@@ -353,12 +384,18 @@ def build_openai_request(body) -> tuple[ChatRequest, bool]:
     stream_options = native.pop("stream_options", None) or {}
     if not isinstance(stream_options, dict):
         raise BadRequest("stream_options must be an object")
+    knobs = read_knobs(native)
+    for name in KNOBS:
+        native.pop(name, None)
     if native:
         fields["options"] = native
     # response_format stays in options, checked above, so OpenAI upstreams get
     # it whole (name, strict); every other field chatd owns is refused there.
     owned = OWNED_FIELDS - {"response_format"}
     request = build_chat_request(fields, OPENAI_ROLES, owned)
+    request.dialect = "openai"
+    for name, value in knobs.items():
+        setattr(request, name, value)
     return request, bool(stream_options.get("include_usage"))
 
 

@@ -85,7 +85,7 @@ def test_a_plain_request_reads_into_the_neutral_shape():
     assert request.messages == [{"role": "user", "content": "hi"}]
     assert (request.temperature, request.top_p, request.max_tokens) == (0.3, 0.9, 64)
     assert request.stop == ["END"]
-    assert request.options == {"top_k": 40}
+    assert (request.top_k, request.options) == (40, {})
     assert request.stream is False
     assert request.dialect == "anthropic" and request.native is body
 
@@ -213,7 +213,7 @@ def test_tools_and_tool_choice_map_to_openai_and_server_tools_are_dropped():
         },
     ]
     assert request.tool_choice == {"type": "function", "function": {"name": "Read"}}
-    assert request.options == {"parallel_tool_calls": False}
+    assert (request.parallel_tool_calls, request.options) == (False, {})
 
 
 @pytest.mark.parametrize(

@@ -51,8 +51,10 @@ def test_options_map_to_chatd_fields_and_portable_rest():
     request = dialect.parse_chat(body)
     assert (request.temperature, request.top_p, request.max_tokens) == (0.3, 0.7, 42)
     assert (request.stop, request.seed) == (["END"], 9)
-    # Ollama-only knobs never reach an OpenAI-style upstream; a shared one does.
-    assert request.options == {"presence_penalty": 0.5}
+    # Ollama-only knobs never reach another wire; shared ones are typed for every wire.
+    assert request.options == {}
+    assert (request.presence_penalty, request.top_k) == (0.5, 11)
+    assert request.frequency_penalty is None
 
 
 @pytest.mark.parametrize("predict", [-1, -2, 0])
@@ -94,7 +96,7 @@ def test_generate_keeps_ollamas_knobs_in_a_chat_shaped_native_body():
 )
 def test_think_levels_become_reasoning_effort(think, effort):
     request = dialect.parse_chat({"model": "m", "messages": [], "think": think})
-    assert request.options.get("reasoning_effort") == effort
+    assert request.reasoning_effort == effort
 
 
 def test_images_become_data_url_parts_with_their_type():

@@ -116,12 +116,11 @@ def test_openai_request_maps_its_own_names():
     assert request.max_tokens == 9
     assert request.format == "json"
     assert include_usage is True
-    # Fields chatd has no name for travel in options, response_format too (for OpenAI upstreams).
-    assert request.options == {
-        "presence_penalty": 0.5,
-        "user": "u1",
-        "response_format": {"type": "json_object"},
-    }
+    assert request.dialect == "openai"
+    # A shared knob is typed; fields chatd has no name for travel in options,
+    # response_format too (for OpenAI upstreams).
+    assert request.presence_penalty == 0.5
+    assert request.options == {"user": "u1", "response_format": {"type": "json_object"}}
 
 
 @pytest.mark.parametrize(
@@ -177,4 +176,4 @@ def test_an_unknown_field_far_from_any_points_at_options_on_chat():
 def test_v1_still_passes_on_provider_native_fields_near_known_ones():
     # top_k is one letter from top_p, and OpenRouter's own parameter.
     request, _ = build_openai_request({"model": "m", "messages": MESSAGES, "top_k": 5})
-    assert request.options == {"top_k": 5}
+    assert (request.top_k, request.options) == (5, {})

@@ -221,19 +221,29 @@ class AnthropicChatAdapter(ChatAdapter):
         body = {"model": upstream_model, "messages": turns, "stream": request.stream}
         if system:
             body["system"] = system
-        body["max_tokens"] = request.max_tokens or self._default_max_tokens(request.options)
+        extras = self.options_for(request)
+        body["max_tokens"] = request.max_tokens or self._default_max_tokens(extras)
         if request.temperature is not None:
             body["temperature"] = min(request.temperature, MAX_TEMPERATURE)
         if request.top_p is not None:
             body["top_p"] = request.top_p
+        if request.top_k is not None:
+            body["top_k"] = request.top_k
         if request.stop:
             body["stop_sequences"] = request.stop
         if request.tools:
             body["tools"] = translate_tools(request.tools)
         if request.tool_choice is not None:
             body["tool_choice"] = translate_tool_choice(request.tool_choice)
-        # Anthropic-native extras (thinking, top_k, metadata, ...) go last, as given.
-        self.merge_options(body, request.options)
+        if request.parallel_tool_calls is False and request.tools:
+            # Anthropic says it on the tool choice (auto when the client named
+            # none); a choice of "none" takes no such flag.
+            choice = body.setdefault("tool_choice", {"type": "auto"})
+            if choice["type"] != "none":
+                choice["disable_parallel_tool_use"] = True
+        # NOTE: reasoning_effort and the penalties have no Anthropic field: dropped.
+        # A /chat caller's Anthropic-native extras (thinking, metadata, ...) go last.
+        self.merge_options(body, extras)
         return body
 
     def _default_max_tokens(self, options: dict) -> int:

@@ -196,6 +196,10 @@ class ChatAdapter:
     owned_fields: frozenset[str] = frozenset(
         {"model", "messages", "stream", "tools", "tool_choice"}
     )
+    #: Dialects whose leftover ``options`` were written for this format: a /chat
+    #: caller's ("chatd") chose them for its provider; a /v1 client's ("openai")
+    #: are OpenAI fields, which only OpenAI-style formats take.
+    options_from: frozenset[str] = frozenset({"chatd"})
     #: Splits the upstream's stream lines into events (SSE or NDJSON).
     iter_events: Callable[[Iterable[bytes]], Iterator[dict]]
 
@@ -244,6 +248,10 @@ class ChatAdapter:
     def call_headers(self, request: ChatRequest) -> dict | None:
         """Headers for this one call beyond the session's (none by default)."""
         return None
+
+    def options_for(self, request: ChatRequest) -> dict:
+        """The request's ``options`` if they were written for this format, else none."""
+        return request.options if request.dialect in self.options_from else {}
 
     def merge_options(self, body: dict, options: dict) -> dict:
         """Put the request's provider-native ``options`` last into ``body``.

@@ -35,6 +35,11 @@ OPTION_NAMES = {
     "stop": "stop",
     "seed": "seed",
 }
+# Shared knobs (chatd.neutral.KNOBS) Ollama reads inside `options`, same names.
+KNOB_OPTIONS = {"presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty"}
+KNOB_OPTIONS["top_k"] = "top_k"
+# OpenAI's reasoning efforts that Ollama's `think` has no level for: the nearest.
+THINK = {"none": False, "minimal": "low", "xhigh": "high"}
 # Native knobs that Ollama reads beside `options`, not inside it: a caller's
 # `options` may carry them and they still land where Ollama looks.
 TOP_LEVEL_KEYS = frozenset({"keep_alive", "think", "logprobs", "top_logprobs"})
@@ -132,6 +137,8 @@ class OllamaChatAdapter(ChatAdapter):
     chat_path = "/api/chat"
     models_path = "/api/tags"
     iter_events = staticmethod(iter_ndjson)
+    # A /v1 client's OpenAI fields are sent too, less OPENAI_ONLY_KEYS.
+    options_from = frozenset({"chatd", "openai"})
 
     def build_body(self, request: ChatRequest, upstream_model: str) -> dict:
         if request.dialect == "ollama" and request.native and "messages" in request.native:
@@ -144,20 +151,23 @@ class OllamaChatAdapter(ChatAdapter):
         }
         options = {}
         copy_fields(request, OPTION_NAMES, options)
+        copy_fields(request, KNOB_OPTIONS, options)
         if request.format is not None:
             body["format"] = request.format
         if request.tools:
             body["tools"] = request.tools
-        # NOTE: Ollama has no tool_choice; it is not sent rather than rejected.
-        for key, value in request.options.items():
+        # NOTE: Ollama has no tool_choice or parallel_tool_calls; not sent rather than rejected.
+        extras = self.options_for(request)
+        for key, value in extras.items():
             if key in TOP_LEVEL_KEYS:
                 body[key] = value
             elif key not in OPENAI_ONLY_KEYS:
                 options[key] = value
-        effort = request.options.get("reasoning_effort")
+        # A /chat caller may still name it in options, as before it was a field.
+        effort = request.reasoning_effort or extras.get("reasoning_effort")
         if effort is not None and "think" not in body:
             # OpenAI's reasoning_effort is Ollama's think level (low/medium/high).
-            body["think"] = effort
+            body["think"] = THINK.get(effort, effort) if isinstance(effort, str) else effort
         if options:
             body["options"] = options
         return body

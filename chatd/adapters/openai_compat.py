@@ -11,11 +11,13 @@ from __future__ import annotations
 from chatd import codec
 from chatd.adapters.base import ChatAdapter, copy_fields, count
 from chatd.adapters.framing import iter_sse_events
-from chatd.neutral import ChatRequest, Event, Reply, ToolCall, ToolCallDelta, Usage
+from chatd.neutral import KNOBS, ChatRequest, Event, Reply, ToolCall, ToolCallDelta, Usage
 
-# chatd's fields that OpenAI's body takes under the same names, at the top level.
+# chatd's fields that OpenAI's body takes under the same names, at the top level:
+# the shared knobs too (top_k is not OpenAI's, but OpenRouter, vLLM and Kimi take it).
 BODY_NAMES = {
-    name: name for name in ("temperature", "top_p", "max_tokens", "stop", "seed", "tool_choice")
+    name: name
+    for name in ("temperature", "top_p", "max_tokens", "stop", "seed", "tool_choice", *KNOBS)
 }
 # Reasoning text arrives under different names; the neutral shapes call it "thinking".
 REASONING_KEYS = ("reasoning", "reasoning_content")
@@ -55,6 +57,7 @@ class OpenAIChatAdapter(ChatAdapter):
     chat_path = "/chat/completions"
     models_path = "/models"
     iter_events = staticmethod(iter_sse_events)
+    options_from = frozenset({"chatd", "openai"})
 
     def build_body(self, request: ChatRequest, upstream_model: str) -> dict:
         body = {"model": upstream_model, "messages": request.messages, "stream": request.stream}
@@ -65,7 +68,7 @@ class OpenAIChatAdapter(ChatAdapter):
             body["response_format"] = response_format(request.format)
         if request.tools:
             body["tools"] = request.tools
-        self.merge_options(body, request.options)
+        self.merge_options(body, self.options_for(request))
         return body
 
     def parse_reply(self, data: dict) -> Reply:

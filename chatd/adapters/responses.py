@@ -221,8 +221,13 @@ class ResponsesChatAdapter(ChatAdapter):
             body["tools"] = translate_tools(request.tools)
         if request.tool_choice is not None:
             body["tool_choice"] = translate_tool_choice(request.tool_choice)
-        # Responses-native extras (reasoning, include, ...) go last, as given.
-        self.merge_options(body, request.options)
+        if request.parallel_tool_calls is not None:
+            body["parallel_tool_calls"] = request.parallel_tool_calls
+        if request.reasoning_effort is not None:
+            body["reasoning"] = {"effort": request.reasoning_effort}
+        # NOTE: top_k and the penalties have no Responses field: dropped.
+        # A /chat caller's Responses-native extras (reasoning, include, ...) go last.
+        self.merge_options(body, self.options_for(request))
         return body
 
     def parse_reply(self, data: dict) -> Reply:

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from chatd import codec
 from chatd.errors import BadRequest, ChatdError
 from chatd.neutral import CONTENT_FILTER, LENGTH, STOP, TOOL_CALLS, ChatRequest, Event, Reply
-from chatd.validation import check_model_name
+from chatd.validation import check_model_name, read_knobs
 
 log = logging.getLogger("chatd.dialects.anthropic")
 
@@ -247,15 +247,18 @@ def _read_tools(body: dict) -> list | None:
     return read or None
 
 
-def _read_tool_choice(body: dict, options: dict):
+def _read_tool_choice(body: dict, knobs: dict):
     choice = body.get("tool_choice")
     if choice is None:
         return None
     if not isinstance(choice, dict) or not isinstance(choice.get("type"), str):
         raise BadRequest("tool_choice must be an object with a string 'type'")
     kind = choice["type"]
-    if choice.get("disable_parallel_tool_use"):
-        options["parallel_tool_calls"] = False
+    parallel = choice.get("disable_parallel_tool_use")
+    if parallel is not None and not isinstance(parallel, bool):
+        raise BadRequest("tool_choice.disable_parallel_tool_use must be true or false")
+    if parallel:
+        knobs["parallel_tool_calls"] = False
     if kind in TOOL_CHOICES:
         return TOOL_CHOICES[kind]
     if kind == "tool":
@@ -296,18 +299,13 @@ def parse_request(body) -> ChatRequest:
     thinking = body.get("thinking")
     if thinking is not None and not (isinstance(thinking, dict) and "type" in thinking):
         raise BadRequest("thinking must be an object with a 'type'")
-    options: dict = {}
-    top_k = body.get("top_k")
-    if top_k is not None:
-        if not _is_int(top_k) or top_k < 0:
-            raise BadRequest("top_k must be a non-negative integer")
-        options["top_k"] = top_k
+    knobs = read_knobs(body, ("top_k",))
     tools = _read_tools(body)
-    tool_choice = _read_tool_choice(body, options)
+    tool_choice = _read_tool_choice(body, knobs)
     if tools is None:
         # Nothing left to choose from (only server tools, or none at all).
         tool_choice = None
-        options.pop("parallel_tool_calls", None)
+        knobs.pop("parallel_tool_calls", None)
     return ChatRequest(
         model=model,
         messages=_read_messages(body, system),
@@ -315,12 +313,12 @@ def parse_request(body) -> ChatRequest:
         top_p=_optional_number(body, "top_p"),
         max_tokens=max_tokens,
         stop=stop or None,
-        options=options,
         tools=tools,
         tool_choice=tool_choice,
         stream=stream,
         dialect=DIALECT,
         native=body,
+        **knobs,
     )
 
 

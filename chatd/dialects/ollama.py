@@ -7,11 +7,13 @@ unless said otherwise) into a :class:`~chatd.neutral.ChatRequest`, and renders
 answers as Ollama does: one object, or NDJSON lines ending with a ``done``
 line that carries ``done_reason``, token counts and durations in nanoseconds.
 
-Knobs only Ollama understands (``keep_alive``, ``think`` as a bool,
-``num_ctx``, ``top_k``, ...) stay out of the request's ``options``: they reach
-an Ollama-wire provider untouched in ``request.native`` (the body as Ollama's
-``/api/chat`` takes it, which that wire passes on), and other wire formats
-never see them, so an OpenAI-style upstream is not sent fields it would refuse.
+Knobs other APIs share (a ``think`` level, the penalties, ``top_k``) become
+the request's typed fields, which each wire format maps as it can. Knobs only
+Ollama understands (``keep_alive``, ``think`` as a bool, ``num_ctx``, ...) stay
+out of the request: they reach an Ollama-wire provider untouched in
+``request.native`` (the body as Ollama's ``/api/chat`` takes it, which that
+wire passes on), and other wire formats never see them, so no upstream is
+sent fields it would refuse.
 """
 
 from __future__ import annotations
@@ -23,14 +25,14 @@ from datetime import UTC, datetime
 from chatd import codec
 from chatd.errors import BadRequest
 from chatd.neutral import LENGTH, STOP, ChatRequest, Event, Reply, ToolCall, Usage
-from chatd.validation import check_model_name
+from chatd.validation import check_model_name, read_knobs
 
 ROLES = ("system", "user", "assistant", "tool")
 THINK_LEVELS = ("low", "medium", "high", "max")
 # Ollama `options` keys that are chatd fields of their own.
 OPTION_FIELDS = {"temperature": "temperature", "top_p": "top_p", "seed": "seed", "stop": "stop"}
-# Ollama options with the same name and meaning in OpenAI's API: safe for any wire.
-PORTABLE_OPTIONS = frozenset({"presence_penalty", "frequency_penalty"})
+# Ollama options that are shared knobs (chatd.neutral.KNOBS), typed for every wire.
+PORTABLE_OPTIONS = ("presence_penalty", "frequency_penalty", "top_k")
 # /api/generate fields with no /api/chat counterpart (read into messages, refused or ignored).
 GENERATE_ONLY = ("prompt", "system", "images", "suffix", "raw", "template", "context")
 # The first bytes of an image's base64 tell its type; Ollama's images carry none.
@@ -198,18 +200,18 @@ def _common(body) -> dict:
     if think is not None and not isinstance(think, bool) and think not in THINK_LEVELS:
         raise BadRequest(f"think must be true, false or one of {', '.join(THINK_LEVELS)}")
     fields, rest = _options(body)
-    portable = {k: v for k, v in rest.items() if k in PORTABLE_OPTIONS}
+    knobs = read_knobs(rest, PORTABLE_OPTIONS, "options.")
     if isinstance(think, str):
-        # OpenAI's name for a thinking level; Ollama has one more ("max").
-        portable["reasoning_effort"] = "high" if think == "max" else think
+        # OpenAI's name for a thinking level; "max" is not one every upstream takes.
+        knobs["reasoning_effort"] = "high" if think == "max" else think
     return {
         "model": model,
         "stream": stream,
         "format": fmt,
-        "options": portable,
         "dialect": "ollama",
         "native": body,
         **fields,
+        **knobs,
     }
 
 
