@@ -12,11 +12,10 @@ chatd. Errors under ``/v1/messages`` come in Anthropic's envelope
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, request
 
-from chatd import chat
+from chatd.answer import Rendering, answer, read_body
 from chatd.dialects import anthropic
-from chatd.streaming import counted, stream_response
 from chatd.validation import parse_json
 
 bp = Blueprint("anthropic", __name__)
@@ -28,35 +27,28 @@ PREFIX = "/v1/messages"
 @bp.post(PREFIX)
 def create_message():
     """Answer an Anthropic Messages request, streamed or whole."""
-    dispatcher = current_app.extensions["chatd"].dispatcher
-    record = request.record
-    chat_request = anthropic.parse_request(parse_json(chat.read_body()))
+    chat_request = anthropic.parse_request(parse_json(read_body()))
     beta = request.headers.get("anthropic-beta")
     if beta:
         # Passed on only to a provider that speaks Anthropic itself, with the body it goes with.
         chat_request.native_headers = {"anthropic-beta": beta}
-    if chat_request.stream:
-        outcome = dispatcher.run(chat_request, chat.open_stream(chat_request), record)
-        upstream = outcome.result
-        # An Anthropic upstream's own events go through as they came.
-        passthrough = outcome.adapter.wire == "anthropic"
-        rendered = anthropic.render_stream(
-            counted(upstream, record), chat_request.model, passthrough
-        )
-        response = stream_response(rendered, upstream, record, anthropic.render_stream_error)
-        response.headers.update(chat.fallback_headers(outcome))
-        return response
-    outcome = dispatcher.run(chat_request, chat.get_reply(chat_request), record)
-    reply = outcome.result
-    record.count_tokens(reply.usage.as_dict())
-    body = anthropic.render_reply(reply, chat_request.model, outcome.adapter.wire == "anthropic")
-    return body, 200, chat.fallback_headers(outcome)
+    # An Anthropic upstream's own answer and events go through as they came.
+    rendering = Rendering(
+        reply=lambda reply, outcome: anthropic.render_reply(
+            reply, chat_request.model, outcome.adapter.wire == "anthropic"
+        ),
+        stream=lambda events, outcome: anthropic.render_stream(
+            events, chat_request.model, outcome.adapter.wire == "anthropic"
+        ),
+        stream_error=anthropic.render_stream_error,
+    )
+    return answer(chat_request, rendering)
 
 
 @bp.post(PREFIX + "/count_tokens")
 def count_tokens():
     """Estimate the input tokens of a Messages request (see the README: not a tokenizer)."""
-    return {"input_tokens": anthropic.count_tokens(parse_json(chat.read_body()))}
+    return {"input_tokens": anthropic.count_tokens(parse_json(read_body()))}
 
 
 @bp.route("/", methods=["GET", "HEAD"])

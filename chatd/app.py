@@ -83,7 +83,7 @@ def create_app(
 
     # No static files: chatd serves JSON and event streams only.
     app = ChatdFlask(__name__, static_folder=None)
-    # Werkzeug refuses larger bodies with 413 before reading them (chat.read_body).
+    # Werkzeug refuses larger bodies with 413 before reading them (chatd.answer.read_body).
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     # Auth is decided once, before anything else is built, and fails closed
     # (the master already decided when it hands its tokens over).

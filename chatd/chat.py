@@ -8,79 +8,31 @@ Views stay thin: validate, resolve, look up, call, answer. They hold no
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, request
-from werkzeug.exceptions import RequestEntityTooLarge
+from flask import Blueprint, current_app
 
+from chatd.answer import Rendering, answer, read_body
 from chatd.dialects import chat as dialect
-from chatd.dispatch import Outcome
-from chatd.neutral import ChatRequest
-from chatd.streaming import counted, stream_response
 from chatd.validation import build_chat_request, parse_json
 
 bp = Blueprint("chat", __name__)
 
 
-def read_body() -> bytes:
-    """Return the request body; 413 once it passes max_request_bytes, chunked or not.
-
-    A declared length is checked before anything is read. A chunked body
-    werkzeug reads only up to the limit, stopping without saying whether more
-    was coming: one more byte from the server's stream tells.
-    """
-    current = request._get_current_object()
-    limit = current.max_content_length
-    length = current.content_length
-    if length is not None:
-        if length > limit:
-            raise RequestEntityTooLarge()
-        return current.environ["wsgi.input"].read(length)
-    data = current.get_data(cache=False)
-    if len(data) >= limit and current.environ["wsgi.input"].read(1):
-        raise RequestEntityTooLarge()
-    return data
-
-
-def fallback_headers(outcome: Outcome) -> dict:
-    """Say what was tried when more than one model name was (an alias or fallbacks)."""
-    if len(outcome.tried) > 1:
-        return {"X-Chatd-Fallbacks": ", ".join(outcome.tried)}
-    return {}
-
-
-def open_stream(chat_request: ChatRequest):
-    """An attempt that opens the stream (its first event read, so failures still retry)."""
-    return lambda adapter, route, deadline: adapter.open_stream(
-        chat_request, route.upstream_model, deadline
-    )
-
-
-def get_reply(chat_request: ChatRequest):
-    """An attempt that makes one whole call and reads it into a neutral Reply."""
-    return lambda adapter, route, deadline: adapter.reply(
-        chat_request, route.upstream_model, deadline
-    )
+# chatd's own shape, and the upstream time of the attempt that served (no queueing,
+# no retry sleeps) as latency_ms.
+RENDERING = Rendering(
+    reply=lambda reply, outcome: {
+        **dialect.render_reply(reply, outcome.route),
+        "latency_ms": int(outcome.upstream_secs * 1000),
+    },
+    stream=lambda events, outcome: dialect.render_stream(events, outcome.route),
+    stream_error=dialect.render_stream_error,
+)
 
 
 @bp.post("/chat")
 def dispatch():
     """Route one chat request to its provider and answer in chatd's shape."""
-    dispatcher = current_app.extensions["chatd"].dispatcher
-    record = request.record
-    chat_request = build_chat_request(parse_json(read_body()))
-    if chat_request.stream:
-        outcome = dispatcher.run(chat_request, open_stream(chat_request), record)
-        upstream = outcome.result
-        rendered = dialect.render_stream(counted(upstream, record), outcome.route)
-        response = stream_response(rendered, upstream, record, dialect.render_stream_error)
-        response.headers.update(fallback_headers(outcome))
-        return response
-    outcome = dispatcher.run(chat_request, get_reply(chat_request), record)
-    reply = outcome.result
-    record.count_tokens(reply.usage.as_dict())
-    body = dialect.render_reply(reply, outcome.route)
-    # The upstream time of the attempt that served: no queueing, no retry sleeps.
-    body["latency_ms"] = int(outcome.upstream_secs * 1000)
-    return body, 200, fallback_headers(outcome)
+    return answer(build_chat_request(parse_json(read_body())), RENDERING)
 
 
 @bp.get("/chat/providers")

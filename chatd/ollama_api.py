@@ -22,12 +22,11 @@ from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from chatd import __version__
-from chatd.chat import fallback_headers, get_reply, open_stream, read_body
+from chatd.answer import Rendering, answer, read_body
 from chatd.dialects import ollama as dialect
 from chatd.errors import UpstreamError, UpstreamTimeout, trim
 from chatd.neutral import ChatRequest
 from chatd.registry import MODELS_TIMEOUT
-from chatd.streaming import counted, stream_response
 from chatd.validation import parse_json
 
 log = logging.getLogger("chatd.ollama_api")
@@ -69,24 +68,17 @@ def _answer(chat_request: ChatRequest, generate: bool):
         # chat API, so chatd answers itself and calls no provider.
         unload = chat_request.native.get("keep_alive") in (0, "0", "0s", "0m")
         return dialect.render_load(chat_request.model, generate=generate, unload=unload)
-    dispatcher = current_app.extensions["chatd"].dispatcher
-    record = request.record
-    if chat_request.stream:
-        outcome = dispatcher.run(chat_request, open_stream(chat_request), record)
-        upstream = outcome.result
-        rendered = dialect.render_stream(
-            counted(upstream, record), chat_request.model, generate=generate, started=started
-        )
-        response = stream_response(
-            rendered, upstream, record, dialect.render_stream_error, mimetype=dialect.NDJSON
-        )
-        response.headers.update(fallback_headers(outcome))
-        return response
-    outcome = dispatcher.run(chat_request, get_reply(chat_request), record)
-    reply = outcome.result
-    record.count_tokens(reply.usage.as_dict())
-    body = dialect.render_reply(reply, chat_request.model, generate=generate, started=started)
-    return body, 200, fallback_headers(outcome)
+    rendering = Rendering(
+        reply=lambda reply, outcome: dialect.render_reply(
+            reply, chat_request.model, generate=generate, started=started
+        ),
+        stream=lambda events, outcome: dialect.render_stream(
+            events, chat_request.model, generate=generate, started=started
+        ),
+        stream_error=dialect.render_stream_error,
+        mimetype=dialect.NDJSON,
+    )
+    return answer(chat_request, rendering)
 
 
 @bp.post("/chat")

@@ -10,12 +10,12 @@ chatd can stand where a gateway's paths point.
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, current_app
 
 from chatd import chat
+from chatd.answer import Rendering, answer, read_body
 from chatd.dialects import openai as dialect
 from chatd.errors import ModelNotFound
-from chatd.streaming import counted, stream_response
 from chatd.validation import build_openai_request, parse_json
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
@@ -24,24 +24,18 @@ bp = Blueprint("openai", __name__, url_prefix="/v1")
 @bp.post("/chat/completions")
 def chat_completions():
     """Answer an OpenAI chat-completions request, streamed or whole."""
-    dispatcher = current_app.extensions["chatd"].dispatcher
-    record = request.record
-    chat_request, include_usage = build_openai_request(parse_json(chat.read_body()))
-    if chat_request.stream:
-        outcome = dispatcher.run(chat_request, chat.open_stream(chat_request), record)
-        upstream = outcome.result
-        passthrough = outcome.adapter.wire == "openai"
-        rendered = dialect.render_stream(
-            counted(upstream, record), outcome.model, include_usage, passthrough
-        )
-        response = stream_response(rendered, upstream, record, dialect.render_stream_error)
-        response.headers.update(chat.fallback_headers(outcome))
-        return response
-    outcome = dispatcher.run(chat_request, chat.get_reply(chat_request), record)
-    reply = outcome.result
-    record.count_tokens(reply.usage.as_dict())
-    body = dialect.render_reply(reply, outcome.model, outcome.adapter.wire == "openai")
-    return body, 200, chat.fallback_headers(outcome)
+    chat_request, include_usage = build_openai_request(parse_json(read_body()))
+    # An OpenAI-wire upstream's own answer and chunks pass through, renamed.
+    rendering = Rendering(
+        reply=lambda reply, outcome: dialect.render_reply(
+            reply, outcome.model, outcome.adapter.wire == "openai"
+        ),
+        stream=lambda events, outcome: dialect.render_stream(
+            events, outcome.model, include_usage, outcome.adapter.wire == "openai"
+        ),
+        stream_error=dialect.render_stream_error,
+    )
+    return answer(chat_request, rendering)
 
 
 @bp.get("/models")

@@ -22,6 +22,7 @@ from chatd.observability import CallRecord
 
 log = logging.getLogger("chatd.streaming")
 
+SSE = "text/event-stream"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -38,7 +39,7 @@ def stream_response(
     upstream: UpstreamStream,
     record: CallRecord,
     error_event: Callable[[dict], bytes],
-    mimetype: str = "text/event-stream",
+    mimetype: str = SSE,
 ) -> Response:
     """Answer with ``rendered``; hang up on ``upstream`` when the client's response closes.
 
