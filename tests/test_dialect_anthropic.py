@@ -470,7 +470,9 @@ def test_the_in_band_error_is_an_error_event_the_sdk_raises():
     raw = b"".join(dialect.render_stream(iter([Event(content="part")]), MODEL)).split(
         b"event: content_block_stop"
     )[0]
-    raw += dialect.error_event(UpstreamError("the model crashed", provider="ollama"), "req-1")
+    body = UpstreamError("the model crashed", provider="ollama").to_dict()
+    body["error"]["request_id"] = "req-1"  # as chatd.streaming.cut hands it over
+    raw += dialect.render_stream_error(body)
     client = sdk_answering(200, raw, "text/event-stream")
     with pytest.raises(anthropic.APIStatusError) as caught:  # noqa: PT012
         with client.messages.stream(
@@ -500,7 +502,8 @@ def test_the_in_band_error_is_an_error_event_the_sdk_raises():
     ],
 )
 def test_errors_render_in_anthropics_envelope(error, status, kind, sdk_error):
-    body = dialect.render_error(error, "req-9")
+    # What chatd.errors renders under /v1/messages for a ChatdError.
+    body = dialect.error_body(error.status_code, error.message, "req-9", **error.details)
     assert body["type"] == "error" and body["request_id"] == "req-9"
     assert (body["error"]["type"], body["error"]["message"]) == (kind, error.message)
     client = sdk_answering(status, json.dumps(body).encode())

@@ -2,9 +2,10 @@
 
 :func:`parse_request` reads a ``POST /v1/messages`` body into a neutral
 :class:`ChatRequest` (OpenAI chat-completions vocabulary), so any provider can
-answer an Anthropic client; :func:`render_reply`, :func:`render_stream` and
-:func:`render_error` answer in Anthropic's shapes, streaming included, exactly
-as the official SDK reads them. Everything here is pure: no Flask, no HTTP.
+answer an Anthropic client; :func:`render_reply`, :func:`render_stream`,
+:func:`error_body` and :func:`render_stream_error` answer in Anthropic's
+shapes, streaming included, exactly as the official SDK reads them.
+Everything here is pure: no Flask, no HTTP.
 
 Fields a provider cannot use (``cache_control``, ``metadata``,
 ``context_management``, ``output_config``, ``service_tier``, server tools such
@@ -20,7 +21,7 @@ import secrets
 from collections.abc import Iterator
 
 from chatd import codec
-from chatd.errors import BadRequest, ChatdError
+from chatd.errors import BadRequest
 from chatd.neutral import CONTENT_FILTER, LENGTH, STOP, TOOL_CALLS, ChatRequest, Event, Reply
 from chatd.validation import check_model_name, read_knobs
 
@@ -533,16 +534,6 @@ def error_body(status: int, message: str, request_id: str = "", **details) -> di
     if request_id:
         body["request_id"] = request_id
     return body
-
-
-def render_error(error: ChatdError, request_id: str = "") -> dict:
-    """A chatd error in Anthropic's envelope, its status mapped to Anthropic's type."""
-    return error_body(error.status_code, error.message, request_id, **error.details)
-
-
-def error_event(error: ChatdError, request_id: str = "") -> bytes:
-    """The in-band error that ends a cut stream (no message_stop follows)."""
-    return sse("error", render_error(error, request_id))
 
 
 # chatd's error types as Anthropic names them, for a stream cut after the 200

@@ -55,16 +55,21 @@ def delta(event: Event, thinking_key: str = "thinking") -> dict:
     return out
 
 
-def render_reply(reply: Reply, route: Route) -> dict:
-    message: dict = {"role": "assistant", "content": reply.content}
+def message(reply: Reply, thinking_key: str = "thinking") -> dict:
+    """A whole answer as an OpenAI-style assistant message (reasoning under ``thinking_key``)."""
+    out: dict = {"role": "assistant", "content": reply.content}
     if reply.tool_calls:
-        message["tool_calls"] = [tool_call(call) for call in reply.tool_calls]
+        out["tool_calls"] = [tool_call(call) for call in reply.tool_calls]
     if reply.thinking:
-        message["thinking"] = reply.thinking
+        out[thinking_key] = reply.thinking
+    return out
+
+
+def render_reply(reply: Reply, route: Route) -> dict:
     return {
         "model": route.upstream_model,
         "provider": route.provider,
-        "message": message,
+        "message": message(reply),
         "done_reason": reply.finish_reason,
         "usage": reply.usage.as_dict(),
     }

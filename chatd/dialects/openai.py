@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
-from chatd.dialects.chat import DONE, delta, render_stream_error, sse, tool_call
+from chatd.dialects.chat import DONE, delta, message, render_stream_error, sse
 from chatd.neutral import Event, Reply
 
 __all__ = ["render_reply", "render_stream", "render_stream_error"]
@@ -22,11 +22,6 @@ __all__ = ["render_reply", "render_stream", "render_stream_error"]
 def render_reply(reply: Reply, model: str, passthrough: bool = False) -> dict:
     if passthrough and reply.raw is not None:
         return {**reply.raw, "model": model}
-    message: dict = {"role": "assistant", "content": reply.content}
-    if reply.tool_calls:
-        message["tool_calls"] = [tool_call(call) for call in reply.tool_calls]
-    if reply.thinking:
-        message["reasoning"] = reply.thinking
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
@@ -35,7 +30,7 @@ def render_reply(reply: Reply, model: str, passthrough: bool = False) -> dict:
         "choices": [
             {
                 "index": 0,
-                "message": message,
+                "message": message(reply, "reasoning"),
                 "finish_reason": reply.finish_reason or "stop",
                 "logprobs": None,
             }
