@@ -3,8 +3,9 @@
 :meth:`Dispatcher.run` takes a request and an *attempt* (what to do with an
 adapter: a whole call, or opening a stream) and wraps it in, from the outside in:
 
-- admission: at most ``threads - RESERVED_THREADS`` calls at once in this
-  worker, so /health and /chat/providers always find a thread;
+- admission (:mod:`chatd.admission`): at most ``threads - RESERVED_THREADS``
+  calls at once in this worker, so /health and /chat/providers always find a
+  thread, and none while the worker's CPU is saturated or its fds or memory run out;
 - fallbacks: the request's ``fallbacks`` (or an alias's list) tried in order
   when a provider is unregistered, cooling, busy or failing; never after a
   400, never after the first streamed byte (the attempt returns before it);
@@ -16,12 +17,12 @@ adapter: a whole call, or opening a stream) and wraps it in, from the outside in
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from chatd.adapters.base import ChatAdapter, UpstreamStream
+from chatd.admission import RESERVED_THREADS, Admission
 from chatd.config import Settings
 from chatd.errors import (
     ChatdError,
@@ -41,8 +42,6 @@ from chatd.routing import Route
 
 log = logging.getLogger("chatd.dispatch")
 
-# Threads per worker kept free of upstream calls, for /health and friends.
-RESERVED_THREADS = 2
 # Failures after which the next candidate in a fallback list is tried.
 MOVE_ON = (ProviderNotFound, ProviderDisabled, ProviderCooling, ProviderBusy, UpstreamError)
 
@@ -82,7 +81,7 @@ class Dispatcher:
             if cooling is not None:
                 cooling.set(0)
         self.capacity = max(1, settings.threads - RESERVED_THREADS)
-        self._admission = threading.BoundedSemaphore(self.capacity)
+        self._admission = Admission(self.capacity)
 
     def candidates(self, request: ChatRequest) -> list[str]:
         """The model names to try, in order: an alias's list, then the request's fallbacks."""
@@ -98,10 +97,7 @@ class Dispatcher:
         record.model = request.model
         request.request_id = record.request_id
         if not self._admission.acquire(blocking=False):
-            raise Overloaded(
-                f"chatd has {self.capacity} upstream calls in flight in this worker",
-                headers={"Retry-After": "1"},
-            )
+            raise Overloaded(self._admission.reason, headers={"Retry-After": "1"})
         try:
             outcome = self._run(request, attempt, record)
         except BaseException:
