@@ -48,7 +48,11 @@ backlog = 2048
 #       core: the threads do the waiting.
 #
 #   worker_class - gthread: a sync worker streaming longer than `timeout`
-#       would be killed because it cannot heartbeat (gunicorn #1440).
+#       would be killed because it cannot heartbeat (gunicorn #1440). chatd's
+#       subclass (chatd/worker.py) answers 503 + Retry-After at the door when
+#       no thread is free or the CPU, fds or memory ran out (chatd/admission.py),
+#       instead of queueing calls no thread will reach for minutes; and it
+#       gives each thread a 512 KiB stack instead of 8 MiB.
 #
 #   threads - Calls in flight per worker: [chatd] threads (default 128). Each
 #       upstream call or open stream holds one thread for its whole length.
@@ -73,7 +77,7 @@ backlog = 2048
 #       in 12 minutes at ~1,200 req/s; 100,000 is still hours at real LLM rates.
 
 workers = int(os.environ.get("WEB_CONCURRENCY", _settings.workers))
-worker_class = "gthread"
+worker_class = "chatd.worker.ChatdWorker"
 threads = _settings.threads
 timeout = int(_settings.timeout_secs) + 30
 graceful_timeout = int(_settings.graceful_timeout_secs)
