@@ -8,6 +8,13 @@ goes to the pool: when no thread is free (``threads`` less the ones kept for
 it answers 503 with ``Retry-After`` from the main loop, without a thread and
 without reading the request's body; health checks still get the kept threads.
 
+A call's set-up (parsing, routing, connecting upstream, its first event) costs
+far more CPU than relaying a piece. A burst of thousands of calls set up all at
+once shares the core among all of them: every one starts late, and the streams
+already running miss their pace. So at most MAX_SETUPS calls per worker are in
+set-up at once; the next ones wait in order, and one that waited longer than
+MAX_SETUP_WAIT (the CPU cannot keep up) is shed.
+
 It also sets the stack size of the threads the pool starts (STACK_SIZE): one
 thread per open stream, thousands of them.
 
@@ -22,6 +29,7 @@ import selectors
 import socket
 import threading
 import time
+from collections import deque
 from functools import partial
 
 from gunicorn.workers.gthread import ThreadWorker
@@ -41,6 +49,10 @@ ALWAYS_SERVED = (b"GET /health", b"HEAD /health", b"GET /metrics")
 # up to DRAIN_BYTES, so that closing does not reset the connection under the 503.
 PEEK_BYTES = 64
 DRAIN_BYTES = 256 * 1024
+# Calls in set-up at once per worker (the rest wait their turn, in order), and
+# how long one may wait before it is shed: the scheduling delay chatd accepts.
+MAX_SETUPS = 4
+MAX_SETUP_WAIT = 2.0
 # Sheds are logged as one summary line at most this often.
 LOG_EVERY_SECONDS = 10.0
 
@@ -66,28 +78,93 @@ class SheddingMixin:
         threading.stack_size(STACK_SIZE)
         # Connections handed to the pool and not finished (main loop only: no lock).
         self.busy = 0
+        self.setups = 0
+        self.waiting: deque = deque()  # (connection, since) waiting for a set-up slot
+        self._local = threading.local()
         self.shed = 0
         self._shed_logged = time.monotonic()
         self.pressure = admission.pressure.start()
         super().init_process()
 
+    def load_wsgi(self):
+        super().load_wsgi()
+        app = self.wsgi
+
+        def set_up(environ, start_response):
+            # The app returns once the call is set up: for a stream, its first
+            # upstream event read; the pieces follow in gunicorn's write loop.
+            try:
+                return app(environ, start_response)
+            finally:
+                conn = getattr(self._local, "conn", None)
+                if conn is not None and conn.chatd_setup:
+                    conn.chatd_setup = False
+                    self.method_queue.defer(self._setup_done)
+
+        self.wsgi = set_up
+
+    def handle(self, conn):
+        self._local.conn = conn
+        return super().handle(conn)
+
     def enqueue_req(self, conn):
         threads = self.cfg.threads
         # With nothing in flight, shedding frees nothing: the first call always runs.
-        if self.busy >= threads - admission.RESERVED_THREADS or (
-            self.pressure.reason and self.busy
+        if (
+            self.busy >= threads - admission.RESERVED_THREADS
+            or (self.pressure.reason and self.busy)
+            or self.setups >= MAX_SETUPS
         ):
             line = self._request_line(conn)
             if line is None:
                 return  # waiting for the request, or gone
-            if self.busy >= threads or not line.startswith(ALWAYS_SERVED):
+            if line.startswith(ALWAYS_SERVED) and self.busy < threads:
+                self._start(conn, setup=False)
+            elif self.busy >= threads - admission.RESERVED_THREADS or (
+                self.pressure.reason and self.busy
+            ):
                 self._shed(conn)
-                return
+            else:
+                self.waiting.append((conn, time.monotonic()))
+            return
+        self._start(conn)
+
+    def _start(self, conn, setup: bool = True) -> None:
+        conn.chatd_setup = setup
+        if setup:
+            self.setups += 1
         self.busy += 1
         super().enqueue_req(conn)
 
+    def _setup_done(self) -> None:
+        """A call finished its set-up (main loop): start the next waiting one."""
+        self.setups -= 1
+        self._start_waiting()
+
+    def _start_waiting(self) -> None:
+        now = time.monotonic()
+        while self.waiting and self.setups < MAX_SETUPS:
+            conn, since = self.waiting.popleft()
+            if now - since > MAX_SETUP_WAIT or (self.pressure.reason and self.busy):
+                self._shed(conn, f"no call set up within {MAX_SETUP_WAIT:g} s: CPU saturated")
+            else:
+                self._start(conn)
+
+    def murder_pending(self):
+        super().murder_pending()
+        # Those that waited too long go, even while no set-up finishes.
+        now = time.monotonic()
+        while self.waiting and now - self.waiting[0][1] > MAX_SETUP_WAIT:
+            conn, _ = self.waiting.popleft()
+            self._shed(conn, f"no call set up within {MAX_SETUP_WAIT:g} s: CPU saturated")
+
     def finish_request(self, conn, fs):
         self.busy -= 1
+        if getattr(conn, "chatd_setup", False):
+            # The app was never reached (the client left, a bad request): its slot frees.
+            conn.chatd_setup = False
+            self.setups -= 1
+            self._start_waiting()
         super().finish_request(conn, fs)
 
     def _request_line(self, conn) -> bytes | None:
@@ -114,8 +191,8 @@ class SheddingMixin:
         conn.close()
         return None
 
-    def _shed(self, conn) -> None:
-        reason = self.pressure.reason or f"chatd has no free thread of {self.cfg.threads}"
+    def _shed(self, conn, reason: str | None = None) -> None:
+        reason = reason or self.pressure.reason or f"chatd has no free thread of {self.cfg.threads}"
         sock = conn.sock
         try:
             drained = 0
