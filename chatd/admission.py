@@ -164,3 +164,25 @@ class Admission:
             if self.in_flight <= 0:
                 raise ValueError("admission released more often than acquired")
             self.in_flight -= 1
+
+
+# -- the end of a call's set-up -------------------------------------------------------
+
+_set_up = threading.local()
+
+
+def on_set_up(callback) -> None:
+    """Call ``callback`` (once) when this thread's call is set up (the server's hook)."""
+    _set_up.callback = callback
+
+
+def set_up_done() -> None:
+    """Say this thread's call is set up: what is left is waiting on the upstream.
+
+    The adapter says so just before it sends the upstream call; the server
+    (chatd.worker) then lets the next waiting call start its set-up.
+    """
+    callback = getattr(_set_up, "callback", None)
+    if callback is not None:
+        _set_up.callback = None
+        callback()

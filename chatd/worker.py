@@ -8,10 +8,11 @@ goes to the pool: when no thread is free (``threads`` less the ones kept for
 it answers 503 with ``Retry-After`` from the main loop, without a thread and
 without reading the request's body; health checks still get the kept threads.
 
-A call's set-up (parsing, routing, connecting upstream, its first event) costs
-far more CPU than relaying a piece. A burst of thousands of calls set up all at
-once shares the core among all of them: every one starts late, and the streams
-already running miss their pace. So at most MAX_SETUPS calls per worker are in
+A call's set-up (parsing, validating, routing, up to sending the upstream
+call: :func:`chatd.admission.set_up_done`) costs far more CPU than relaying a
+piece. A burst of thousands of calls set up all at once shares the core among
+all of them: every one starts late, and the streams already running miss their
+pace. So at most MAX_SETUPS calls per worker are in
 set-up at once; the next ones wait in order, and one that waited longer than
 MAX_SETUP_WAIT (the CPU cannot keep up) is shed.
 
@@ -24,12 +25,14 @@ A mixin, so another worker subclass can take it too; gunicorn.conf.py names
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import selectors
 import socket
 import threading
 import time
 from collections import deque
+from concurrent import futures
 from functools import partial
 
 from gunicorn.workers.gthread import ThreadWorker
@@ -53,8 +56,20 @@ DRAIN_BYTES = 256 * 1024
 # how long one may wait before it is shed: the scheduling delay chatd accepts.
 MAX_SETUPS = 4
 MAX_SETUP_WAIT = 2.0
+# The request threads' name in the OS, so operators (and tests) can count them.
+THREAD_NAME = b"chatd-request"
+PR_SET_NAME = 15
+_libc = ctypes.CDLL(None, use_errno=True)
 # Sheds are logged as one summary line at most this often.
 LOG_EVERY_SECONDS = 10.0
+
+
+def name_thread(name: bytes) -> None:
+    """Give this thread its name in the OS (top -H, /proc/<pid>/task/*/comm)."""
+    try:
+        _libc.prctl(PR_SET_NAME, ctypes.c_char_p(name[:15]), 0, 0, 0)
+    except (AttributeError, OSError):
+        pass  # not Linux: only the name is missing
 
 
 def shed_answer(reason: str) -> bytes:
@@ -81,25 +96,30 @@ class SheddingMixin:
         self.setups = 0
         self.waiting: deque = deque()  # (connection, since) waiting for a set-up slot
         self._local = threading.local()
+        self._setup_lock = threading.Lock()
         self.shed = 0
         self._shed_logged = time.monotonic()
         self.pressure = admission.pressure.start()
         super().init_process()
+
+    def get_thread_pool(self):
+        return futures.ThreadPoolExecutor(
+            max_workers=self.cfg.threads, initializer=name_thread, initargs=(THREAD_NAME,)
+        )
 
     def load_wsgi(self):
         super().load_wsgi()
         app = self.wsgi
 
         def set_up(environ, start_response):
-            # The app returns once the call is set up: for a stream, its first
-            # upstream event read; the pieces follow in gunicorn's write loop.
+            conn = self._local.conn
+            # The adapter calls this when it sends the upstream call; if the
+            # app answers without one (an error, /health), it ends here.
+            admission.on_set_up(lambda: self._set_up_done(conn))
             try:
                 return app(environ, start_response)
             finally:
-                conn = getattr(self._local, "conn", None)
-                if conn is not None and conn.chatd_setup:
-                    conn.chatd_setup = False
-                    self.method_queue.defer(self._setup_done)
+                admission.set_up_done()
 
         self.wsgi = set_up
 
@@ -130,18 +150,26 @@ class SheddingMixin:
         self._start(conn)
 
     def _start(self, conn, setup: bool = True) -> None:
-        conn.chatd_setup = setup
         if setup:
-            self.setups += 1
+            with self._setup_lock:
+                self.setups += 1
+        conn.chatd_setup = setup
         self.busy += 1
         super().enqueue_req(conn)
 
-    def _setup_done(self) -> None:
-        """A call finished its set-up (main loop): start the next waiting one."""
-        self.setups -= 1
-        self._start_waiting()
+    def _set_up_done(self, conn) -> None:
+        """``conn``'s call is set up (any thread): its set-up slot frees."""
+        with self._setup_lock:
+            if not getattr(conn, "chatd_setup", False):
+                return
+            conn.chatd_setup = False
+            self.setups -= 1
+            wake = bool(self.waiting)
+        if wake:
+            self.method_queue.defer(self._start_waiting)
 
     def _start_waiting(self) -> None:
+        """Start waiting calls while set-up slots are free (main loop)."""
         now = time.monotonic()
         while self.waiting and self.setups < MAX_SETUPS:
             conn, since = self.waiting.popleft()
@@ -160,11 +188,8 @@ class SheddingMixin:
 
     def finish_request(self, conn, fs):
         self.busy -= 1
-        if getattr(conn, "chatd_setup", False):
-            # The app was never reached (the client left, a bad request): its slot frees.
-            conn.chatd_setup = False
-            self.setups -= 1
-            self._start_waiting()
+        # The app was never reached (the client left, a bad request): its slot frees.
+        self._set_up_done(conn)
         super().finish_request(conn, fs)
 
     def _request_line(self, conn) -> bytes | None:

@@ -22,7 +22,7 @@ from email.utils import parsedate_to_datetime
 import requests
 import urllib3
 
-from chatd import codec
+from chatd import admission, codec
 from chatd.adapters.framing import BadEvent, StreamCut
 from chatd.errors import UpstreamError, UpstreamRateLimited, UpstreamTimeout, trim
 from chatd.neutral import ChatRequest, Event, Reply
@@ -317,6 +317,8 @@ class ChatAdapter:
         if request_id:
             prepared.headers["X-Request-ID"] = request_id
         prepared.body = payload
+        # From here the call waits on the upstream: the next one may start its set-up.
+        admission.set_up_done()
         # The head (status line and headers) in first_byte, not just each read of it.
         head_deadline.at = time.monotonic() + first_byte
         try:
