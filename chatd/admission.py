@@ -172,15 +172,15 @@ _set_up = threading.local()
 
 
 def on_set_up(callback) -> None:
-    """Call ``callback`` (once) when this thread's call is set up (the server's hook)."""
+    """Call ``callback`` (once) when this thread's call goes upstream (the server's
+    hook; None removes it)."""
     _set_up.callback = callback
 
 
 def set_up_done() -> None:
-    """Say this thread's call is set up: what is left is waiting on the upstream.
-
-    The adapter says so just before it sends the upstream call; the server
-    (chatd.worker) then lets the next waiting call start its set-up.
+    """Say this thread's call is going upstream: from here it may wait for long
+    without the CPU (a model thinking). The adapter says so as it sends the
+    call; the server (chatd.worker) then lets the next call start its set-up soon.
     """
     callback = getattr(_set_up, "callback", None)
     if callback is not None:

@@ -8,13 +8,16 @@ goes to the pool: when no thread is free (``threads`` less the ones kept for
 it answers 503 with ``Retry-After`` from the main loop, without a thread and
 without reading the request's body; health checks still get the kept threads.
 
-A call's set-up (parsing, validating, routing, up to sending the upstream
-call: :func:`chatd.admission.set_up_done`) costs far more CPU than relaying a
-piece. A burst of thousands of calls set up all at once shares the core among
-all of them: every one starts late, and the streams already running miss their
-pace. So at most MAX_SETUPS calls per worker are in
-set-up at once; the next ones wait in order, and one that waited longer than
-MAX_SETUP_WAIT (the CPU cannot keep up) is shed.
+A call's set-up (parsing, validating, routing, sending the upstream call,
+reading its head and first event) costs far more CPU than relaying a piece. A
+burst of thousands of calls set up all at once shares the core among all of
+them: every one starts late, and the streams already running miss their pace.
+So at most MAX_SETUPS calls per worker are in set-up at once; the next ones
+wait in order, and one that waited longer than MAX_SETUP_WAIT (the CPU cannot
+keep up) is shed. A set-up ends when the app returns (a stream's first event
+is read) or SENT_GRACE after the upstream call went out
+(:func:`chatd.admission.set_up_done`): then the upstream is thinking, the
+thread waits without the CPU, and a slow model must not hold the slot.
 
 It also sets the stack size of the threads the pool starts (STACK_SIZE): one
 thread per open stream, thousands of them.
@@ -56,6 +59,9 @@ DRAIN_BYTES = 256 * 1024
 # how long one may wait before it is shed: the scheduling delay chatd accepts.
 MAX_SETUPS = 4
 MAX_SETUP_WAIT = 2.0
+SENT_GRACE = 0.02
+# While calls wait for a set-up slot, the main loop is woken this often.
+SETUP_TICK = 0.01
 # The request threads' name in the OS, so operators (and tests) can count them.
 THREAD_NAME = b"chatd-request"
 PR_SET_NAME = 15
@@ -93,7 +99,8 @@ class SheddingMixin:
         threading.stack_size(STACK_SIZE)
         # Connections handed to the pool and not finished (main loop only: no lock).
         self.busy = 0
-        self.setups = 0
+        # Connections in set-up -> when their upstream call went out (None: not yet).
+        self.in_setup: dict = {}
         self.waiting: deque = deque()  # (connection, since) waiting for a set-up slot
         self._local = threading.local()
         self._setup_lock = threading.Lock()
@@ -113,15 +120,24 @@ class SheddingMixin:
 
         def set_up(environ, start_response):
             conn = self._local.conn
-            # The adapter calls this when it sends the upstream call; if the
-            # app answers without one (an error, /health), it ends here.
-            admission.on_set_up(lambda: self._set_up_done(conn))
+            # The adapter says when the upstream call went out.
+            admission.on_set_up(lambda: self._sent(conn))
             try:
                 return app(environ, start_response)
             finally:
-                admission.set_up_done()
+                admission.on_set_up(None)
+                self._set_up_done(conn)
 
         self.wsgi = set_up
+        threading.Thread(target=self._clock, name="chatd-setup-clock", daemon=True).start()
+
+    def _clock(self) -> None:
+        """Wake the main loop while calls wait, so a slot whose upstream call went
+        out SENT_GRACE ago frees even when nothing else happens."""
+        while self.alive:
+            time.sleep(SETUP_TICK)
+            if self.waiting:
+                self.method_queue.defer(self._start_waiting)
 
     def handle(self, conn):
         self._local.conn = conn
@@ -152,18 +168,25 @@ class SheddingMixin:
     def _start(self, conn, setup: bool = True) -> None:
         if setup:
             with self._setup_lock:
-                self.setups += 1
-        conn.chatd_setup = setup
+                self.in_setup[conn] = None
         self.busy += 1
         super().enqueue_req(conn)
+
+    @property
+    def setups(self) -> int:
+        return len(self.in_setup)
+
+    def _sent(self, conn) -> None:
+        """``conn``'s upstream call went out (its thread): the slot frees SENT_GRACE later."""
+        with self._setup_lock:
+            if conn in self.in_setup:
+                self.in_setup[conn] = time.monotonic()
 
     def _set_up_done(self, conn) -> None:
         """``conn``'s call is set up (any thread): its set-up slot frees."""
         with self._setup_lock:
-            if not getattr(conn, "chatd_setup", False):
+            if self.in_setup.pop(conn, False) is False:
                 return
-            conn.chatd_setup = False
-            self.setups -= 1
             wake = bool(self.waiting)
         if wake:
             self.method_queue.defer(self._start_waiting)
@@ -171,6 +194,10 @@ class SheddingMixin:
     def _start_waiting(self) -> None:
         """Start waiting calls while set-up slots are free (main loop)."""
         now = time.monotonic()
+        with self._setup_lock:
+            for conn, sent in list(self.in_setup.items()):
+                if sent is not None and now - sent > SENT_GRACE:
+                    del self.in_setup[conn]  # waiting on the upstream, not the CPU
         while self.waiting and self.setups < MAX_SETUPS:
             conn, since = self.waiting.popleft()
             if now - since > MAX_SETUP_WAIT or (self.pressure.reason and self.busy):
