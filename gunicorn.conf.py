@@ -54,13 +54,21 @@ backlog = 2048
 #       instead of queueing calls no thread will reach for minutes; and it
 #       gives each thread a 512 KiB stack instead of 8 MiB.
 #
-#   threads - Calls in flight per worker: [chatd] threads (default 128). Each
+#   threads - Calls in flight per worker: [chatd] threads (default 1536). Each
 #       upstream call or open stream holds one thread for its whole length.
 #       Size it to the whole concurrency you expect, not that divided by
 #       workers: each worker accepts for itself, and at 50 ms upstream latency
 #       one worker took all 96 of 96 connections (README, "Performance").
-#       Idle threads cost nothing; gthread starts them as calls need them.
+#       Idle threads cost nothing; gthread starts them as calls need them,
+#       each with a 512 KiB stack (chatd/worker.py). It is a ceiling, not the
+#       capacity: past what the CPU can relay, chatd sheds (chatd/admission.py).
 #       The upstream pools are sized to match.
+#
+#   worker_connections - Connections one worker holds open: its threads' calls,
+#       idle keep-alive connections, and those waiting for a set-up slot or
+#       being shed. gunicorn's default (1000) would be below `threads`: a
+#       worker would stop accepting at 1000 streams and the rest would wait
+#       unanswered in the listen backlog instead of being served or shed.
 #
 #   timeout - For gthread this is only a heartbeat, but keep it above the
 #       upstream timeout so a worker is never reaped mid-call.
@@ -79,6 +87,7 @@ backlog = 2048
 workers = int(os.environ.get("WEB_CONCURRENCY", _settings.workers))
 worker_class = "chatd.worker.ChatdWorker"
 threads = _settings.threads
+worker_connections = 2 * threads
 timeout = int(_settings.timeout_secs) + 30
 graceful_timeout = int(_settings.graceful_timeout_secs)
 keepalive = 5
