@@ -58,7 +58,7 @@ DRAIN_BYTES = 256 * 1024
 # Calls in set-up at once per worker (the rest wait their turn, in order), and
 # how long one may wait before it is shed: the scheduling delay chatd accepts.
 MAX_SETUPS = 4
-MAX_SETUP_WAIT = 2.0
+MAX_SETUP_WAIT = 1.0
 SENT_GRACE = 0.02
 # While calls wait for a set-up slot, the main loop is woken this often.
 SETUP_TICK = 0.01
