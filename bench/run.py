@@ -674,7 +674,9 @@ class PeakRss:
         self._thread.join()
 
 
-def stream_cell(port: int, path: str, body: bytes, n: int, *, sse: bool, pid: int) -> dict:
+def stream_cell(
+    port: int, path: str, body: bytes, n: int, *, sse: bool, pid: int, idle_rss: float = 0.0
+) -> dict:
     """Open ``n`` streams at once against one server; its CPU and memory while they ran."""
     before = procfs.Snapshot.take()
     with PeakRss(pid) as rss:
@@ -688,7 +690,6 @@ def stream_cell(port: int, path: str, body: bytes, n: int, *, sse: bool, pid: in
     cpu = after.tree_cpu(pid) - before.tree_cpu(pid)
     cell.update(
         cpu_s=cpu,
-        cpu_us_per_piece=cpu * 1e6 / max(cell["pieces"], 1),
         wall_s=after.at - before.at,
         peak_rss_mib=rss.peak,
         admitted=sum(1 for r in results if r.status == 200),
@@ -698,6 +699,7 @@ def stream_cell(port: int, path: str, body: bytes, n: int, *, sse: bool, pid: in
         * (after.cores[LOAD_CPU] - before.cores[LOAD_CPU])
         / (after.at - before.at),
     )
+    cell.update(stream_load.costs(cell, cpu, rss.peak, idle_rss, cell["admitted"]))
     return cell
 
 
@@ -730,11 +732,11 @@ def stream_benchmark(procs: Processes, tmp: Path, tools: dict, args, levels) -> 
     for n in levels:
         progress(f"streams: {n} at once, upstream direct ...")
         direct = stream_cell(port, "/api/chat", direct_body, n, sse=False, pid=upstream.pid)
+        direct.pop("rss_kib_per_stream")  # the upstream's idle RSS was not taken
         time.sleep(STREAM_SETTLE_SECONDS)
         progress(f"streams: {n} at once, through chatd ...")
-        through = stream_cell(chatd_port, "/chat", chatd_body, n, sse=True, pid=chatd.pid)
-        through["rss_kib_per_stream"] = (
-            (through["peak_rss_mib"] - idle_rss) * 1024 / max(through["admitted"], 1)
+        through = stream_cell(
+            chatd_port, "/chat", chatd_body, n, sse=True, pid=chatd.pid, idle_rss=idle_rss
         )
         through["chatd_log"] = log.read_new()
         rows.append({"streams": n, "direct": direct, "chatd": through})

@@ -77,6 +77,15 @@ def summarize(results: list[StreamResult], pieces: int) -> dict:
     }
 
 
+def costs(cell: dict, cpu_s: float, peak_rss_mib: float, idle_rss_mib: float, admitted: int):
+    """CPU per streamed piece (µs; each call's set-up included, as it is in the
+    CPU) and memory per admitted stream (KiB, over the server's idle RSS)."""
+    return {
+        "cpu_us_per_piece": cpu_s * 1e6 / max(cell["pieces"], 1),
+        "rss_kib_per_stream": (peak_rss_mib - idle_rss_mib) * 1024 / max(admitted, 1),
+    }
+
+
 class StreamProtocol(asyncio.Protocol):
     """Reads one HTTP/1.1 streamed answer (chunked, SSE or NDJSON) and notes its pieces.
 

@@ -220,3 +220,12 @@ def test_the_stream_table_gives_chatd_gaps_as_ratios_to_direct():
     )
     assert "| 300.0 (1.20x) |" in table
     assert "| 64 |" in table
+
+
+def test_costs_are_cpu_over_pieces_and_memory_over_admitted_streams():
+    cell = {"pieces": 4000}
+    costs = stream_load.costs(cell, cpu_s=0.6, peak_rss_mib=150.0, idle_rss_mib=100.0, admitted=200)
+    assert costs["cpu_us_per_piece"] == pytest.approx(150)  # 0.6 s / 4,000 pieces
+    assert costs["rss_kib_per_stream"] == pytest.approx(256)  # 50 MiB / 200 streams
+    nothing = stream_load.costs({"pieces": 0}, 0.1, 100.0, 100.0, 0)
+    assert nothing == {"cpu_us_per_piece": 100_000, "rss_kib_per_stream": 0}
