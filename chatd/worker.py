@@ -29,6 +29,7 @@ A mixin, so another worker subclass can take it too; gunicorn.conf.py names
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import selectors
 import socket
@@ -38,7 +39,7 @@ from collections import deque
 from concurrent import futures
 from functools import partial
 
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from chatd import admission, codec
 
@@ -66,6 +67,9 @@ SETUP_TICK = 0.01
 THREAD_NAME = b"chatd-request"
 PR_SET_NAME = 15
 _libc = ctypes.CDLL(None, use_errno=True)
+# Connections accepted per wake-up of the main loop, at most (a few, so one
+# worker does not take a whole burst from the other).
+ACCEPT_BATCH = 16
 # Sheds are logged as one summary line at most this often.
 LOG_EVERY_SECONDS = 10.0
 
@@ -142,6 +146,27 @@ class SheddingMixin:
     def handle(self, conn):
         self._local.conn = conn
         return super().handle(conn)
+
+    def accept(self, listener):
+        """Accept what the listen backlog holds, up to ACCEPT_BATCH per wake-up.
+
+        gthread accepts one connection per wake-up of its loop, which also
+        beats the heartbeat and checks its parent each time: under a flood of
+        connections (thousands of streams opened at once) the backlog drains
+        slowly, and a health check waits behind it.
+        """
+        for _ in range(ACCEPT_BATCH):
+            if self.nr_conns >= self.worker_connections:
+                return
+            try:
+                client_sock, client_addr = listener.accept()
+            except OSError as e:
+                if e.errno in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                    return
+                raise
+            self.nr_conns += 1
+            client_sock.setblocking(True)
+            self.enqueue_req(TConn(self.cfg, client_sock, client_addr, listener.getsockname()))
 
     def enqueue_req(self, conn):
         threads = self.cfg.threads
