@@ -63,6 +63,7 @@ MAX_SETUP_WAIT = 1.0
 SENT_GRACE = 0.02
 # While calls wait for a set-up slot, the main loop is woken this often.
 SETUP_TICK = 0.01
+IDLE_TICK = 0.1
 # The request threads' name in the OS, so operators (and tests) can count them.
 THREAD_NAME = b"chatd-request"
 PR_SET_NAME = 15
@@ -139,9 +140,11 @@ class SheddingMixin:
         """Wake the main loop while calls wait, so a slot whose upstream call went
         out SENT_GRACE ago frees even when nothing else happens."""
         while self.alive:
-            time.sleep(SETUP_TICK)
             if self.waiting:
                 self.method_queue.defer(self._start_waiting)
+                time.sleep(SETUP_TICK)
+            else:
+                time.sleep(IDLE_TICK)  # a wait that starts is woken by its set-up's end
 
     def handle(self, conn):
         self._local.conn = conn
