@@ -177,12 +177,13 @@ def on_set_up(callback) -> None:
     _set_up.callback = callback
 
 
-def set_up_done() -> None:
+def set_up_done(stream: bool = False) -> None:
     """Say this thread's call is going upstream: from here it may wait for long
     without the CPU (a model thinking). The adapter says so as it sends the
-    call; the server (chatd.worker) then lets the next call start its set-up soon.
+    call; the server (chatd.worker) then lets the next call start its set-up
+    (a stream's a little later: its first event, often at once, costs CPU too).
     """
     callback = getattr(_set_up, "callback", None)
     if callback is not None:
         _set_up.callback = None
-        callback()
+        callback(stream)

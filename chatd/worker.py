@@ -14,10 +14,11 @@ burst of thousands of calls set up all at once shares the core among all of
 them: every one starts late, and the streams already running miss their pace.
 So at most MAX_SETUPS calls per worker are in set-up at once; the next ones
 wait in order, and one that waited longer than MAX_SETUP_WAIT (the CPU cannot
-keep up) is shed. A set-up ends when the app returns (a stream's first event
-is read) or SENT_GRACE after the upstream call went out
-(:func:`chatd.admission.set_up_done`): then the upstream is thinking, the
-thread waits without the CPU, and a slow model must not hold the slot.
+keep up) is shed. A set-up ends when the upstream call goes out
+(:func:`chatd.admission.set_up_done`), or for a stream when the app returns
+(its first event read) or SENT_GRACE after the call went out, whichever is
+first: then the upstream is thinking, the thread waits without the CPU, and a
+slow model must not hold the slot.
 
 It also sets the stack size of the threads the pool starts (STACK_SIZE): one
 thread per open stream, thousands of them.
@@ -60,7 +61,7 @@ DRAIN_BYTES = 256 * 1024
 # how long one may wait before it is shed: the scheduling delay chatd accepts.
 MAX_SETUPS = 4
 MAX_SETUP_WAIT = 1.0
-SENT_GRACE = 0.02
+SENT_GRACE = 0.01
 # While calls wait for a set-up slot, the main loop is woken this often.
 SETUP_TICK = 0.01
 IDLE_TICK = 0.1
@@ -126,7 +127,7 @@ class SheddingMixin:
         def set_up(environ, start_response):
             conn = self._local.conn
             # The adapter says when the upstream call went out.
-            admission.on_set_up(lambda: self._sent(conn))
+            admission.on_set_up(lambda stream: self._sent(conn, stream))
             try:
                 return app(environ, start_response)
             finally:
@@ -204,8 +205,12 @@ class SheddingMixin:
     def setups(self) -> int:
         return len(self.in_setup)
 
-    def _sent(self, conn) -> None:
-        """``conn``'s upstream call went out (its thread): the slot frees SENT_GRACE later."""
+    def _sent(self, conn, stream: bool) -> None:
+        """``conn``'s upstream call went out (its thread): a whole call's slot frees
+        now (what is left is waiting), a stream's SENT_GRACE later."""
+        if not stream:
+            self._set_up_done(conn)
+            return
         with self._setup_lock:
             if conn in self.in_setup:
                 self.in_setup[conn] = time.monotonic()

@@ -82,7 +82,7 @@ def test_a_slot_frees_soon_after_its_upstream_call_went_out(door, monkeypatch):
     conns = [Conn() for _ in range(MAX_SETUPS + 1)]
     for conn in conns:
         door.enqueue_req(conn)
-    door._sent(conns[0])
+    door._sent(conns[0], stream=True)
     now = chatd_worker.time.monotonic()
     door._start_waiting()
     assert conns[-1] not in door.started  # within SENT_GRACE: still its slot
@@ -123,3 +123,13 @@ def test_while_the_cpu_is_saturated_new_calls_are_shed_at_once(door):
     answer = conn.answer()
     assert answer.startswith(b"HTTP/1.1 503 ") and b"scheduling lag 80 ms" in answer
     assert door.started == []
+
+
+def test_a_whole_calls_slot_frees_as_its_upstream_call_goes_out(door):
+    conns = [Conn() for _ in range(MAX_SETUPS + 1)]
+    for conn in conns:
+        door.enqueue_req(conn)
+    door._sent(conns[0], stream=False)  # the rest is the upstream's latency
+    ((wake, args),) = door.deferred
+    wake(*args)
+    assert door.started[-1] is conns[-1]

@@ -318,7 +318,7 @@ class ChatAdapter:
             prepared.headers["X-Request-ID"] = request_id
         prepared.body = payload
         # From here the call waits on the upstream: the next one may start its set-up.
-        admission.set_up_done()
+        admission.set_up_done(stream)
         # The head (status line and headers) in first_byte, not just each read of it.
         head_deadline.at = time.monotonic() + first_byte
         try:
