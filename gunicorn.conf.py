@@ -54,18 +54,30 @@ backlog = 2048
 #   workers - Processes; $WEB_CONCURRENCY or [chatd] workers. One or two per
 #       core: the threads do the waiting.
 #
-#   worker_class - gthread (chatd.worker.ChatdWorker is gthread whose own
-#       400/414/431 answers are chatd's JSON error body, not HTML): a sync
-#       worker streaming longer than `timeout` would be killed because it
-#       cannot heartbeat (gunicorn #1440).
+#   worker_class - gthread: a sync worker streaming longer than `timeout`
+#       would be killed because it cannot heartbeat (gunicorn #1440). chatd's
+#       subclass (chatd/worker.py) keeps a connection in its event loop until
+#       its request is whole (slow clients hold no thread), answers 503 +
+#       Retry-After at the door when no thread is free or the CPU, fds or memory
+#       ran out (chatd/admission.py), instead of queueing calls no thread will
+#       reach for minutes; gives each thread a 512 KiB stack instead of 8 MiB;
+#       and answers gunicorn's own 400/414/431 in chatd's JSON error body.
 #
-#   threads - Calls in flight per worker: [chatd] threads (default 128). Each
+#   threads - Calls in flight per worker: [chatd] threads (default 1536). Each
 #       upstream call or open stream holds one thread for its whole length.
 #       Size it to the whole concurrency you expect, not that divided by
 #       workers: each worker accepts for itself, and at 50 ms upstream latency
 #       one worker took all 96 of 96 connections (README, "Performance").
-#       Idle threads cost nothing; gthread starts them as calls need them.
+#       Idle threads cost nothing; gthread starts them as calls need them,
+#       each with a 512 KiB stack (chatd/worker.py). It is a ceiling, not the
+#       capacity: past what the CPU can relay, chatd sheds (chatd/admission.py).
 #       The upstream pools are sized to match.
+#
+#   worker_connections - Connections one worker holds open: its threads' calls,
+#       idle keep-alive connections, and those waiting for a set-up slot or
+#       being shed. gunicorn's default (1000) would be below `threads`: a
+#       worker would stop accepting at 1000 streams and the rest would wait
+#       unanswered in the listen backlog instead of being served or shed.
 #
 #   timeout - For gthread this is only a heartbeat, but keep it above the
 #       upstream timeout so a worker is never reaped mid-call.
@@ -84,6 +96,7 @@ backlog = 2048
 workers = int(os.environ.get("WEB_CONCURRENCY", _settings.workers))
 worker_class = "chatd.worker.ChatdWorker"
 threads = _settings.threads
+worker_connections = 2 * threads
 timeout = int(_settings.timeout_secs) + 30
 graceful_timeout = int(_settings.graceful_timeout_secs)
 keepalive = 5
@@ -191,7 +204,8 @@ def pre_fork(server, worker):
 
 
 def post_worker_init(worker):
-    chatd = worker.wsgi.extensions["chatd"]
+    # The app itself, inside chatd.worker's set-up wrapper.
+    chatd = getattr(worker.wsgi, "__wrapped__", worker.wsgi).extensions["chatd"]
     if chatd.authenticated or chatd.settings.auth.allow_unauthenticated:
         return
     exposed = [bind for bind in worker.cfg.bind if not is_loopback(bind)]

@@ -212,3 +212,80 @@ def print_report(report: dict, path: str) -> None:
         for line, count in report["chatd_log_problems"].items():
             print(f"  {count:>6} × {line[:200]}")
     print(f"\nResults: {path}; took {report['elapsed_s']:.0f} s.")
+
+
+# -- the concurrent-streams mode ---------------------------------------------------------
+
+
+def ratio(value: float | None, direct: float | None) -> str:
+    return f"{value / direct:.2f}x" if value is not None and direct else ""
+
+
+def streams_table(rows: list[dict]) -> str:
+    """One line per N and server: counts, first piece and largest gap, CPU and memory."""
+    lines = [
+        "| N | server | completed | shed (503) | failed | first piece p50 / p99 ms "
+        "| largest gap p99 ms (x direct) | CPU µs/piece | RSS KiB/stream | /health max ms |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        direct = row["direct"]
+        for name, cell in (("direct", direct), ("chatd", row["chatd"])):
+            gap = ms(cell["gap_ms_p99"])
+            if name == "chatd" and cell["gap_ms_p99"] is not None:
+                gap += f" ({ratio(cell['gap_ms_p99'], direct['gap_ms_p99'])})"
+            rss = cell.get("rss_kib_per_stream")
+            health = cell.get("health_ms_max")
+            lines.append(
+                f"| {row['streams']:,} | {name} | {cell['completed']:,} | {cell['shed']:,} "
+                f"| {cell['failed']:,} | {ms(cell['first_piece_ms_p50'])} / "
+                f"{ms(cell['first_piece_ms_p99'])} | {gap} | {cell['cpu_us_per_piece']:,.0f} "
+                f"| {'' if rss is None else f'{rss:,.0f}'} "
+                f"| {'' if health is None else ms(health)} |"
+            )
+    return "\n".join(lines)
+
+
+def stream_row_text(row: dict) -> str:
+    """One progress line for a finished N."""
+    c = row["chatd"]
+    return (
+        f"  {row['streams']}: chatd completed {c['completed']}, shed {c['shed']}, failed "
+        f"{c['failed']} {c['errors'] or ''}; first p99 {ms(c['first_piece_ms_p99'])} ms, gap p99 "
+        f"{ms(c['gap_ms_p99'])} ms (direct {ms(row['direct']['gap_ms_p99'])}); "
+        f"{c['cpu_us_per_piece']:.0f} µs CPU/piece"
+    )
+
+
+def print_stream_report(report: dict, path: str) -> None:
+    stream = report["stream"]
+    print(
+        f"\n## chatd concurrent streams, {report['date']}: N streams opened at once, "
+        f"{stream['pieces']} pieces {stream['gap_ms']} ms apart\n"
+    )
+    print(f"- Pinning: {report['pinning']}.")
+    print(f"- chatd: `{report['commands']['chatd']}`")
+    settings = report["chatd_settings"]
+    print(f"- chatd settings: {settings['workers']} workers x {settings['threads']} threads")
+    print(
+        f"- Machine: {report['machine']['nproc']} CPUs ({report['machine']['cpu']}), "
+        f"Python {report['machine']['python']}\n"
+    )
+    print(streams_table(report["rows"]))
+    print(
+        "\nFirst piece: from the connect to the first content piece; largest gap: each "
+        "stream's longest wait between two pieces, p99 over streams (completed streams "
+        "only). CPU µs/piece: the server's process tree CPU over the cell / pieces "
+        "delivered. RSS KiB/stream: chatd's peak RSS over the cell minus its RSS before the "
+        "first cell, per admitted stream. /health: the slowest of the probes sent every "
+        "250 ms during the cell.\n"
+    )
+    for row in report["rows"]:
+        for name in ("direct", "chatd"):
+            if row[name]["errors"]:
+                print(f"!!!! {row['streams']} streams, {name}: {row[name]['errors']}")
+    if report["chatd_log_problems"]:
+        print("\nWarnings in chatd's log (distinct, with counts):")
+        for line, count in list(report["chatd_log_problems"].items())[:20]:
+            print(f"  {count:>6} × {line[:200]}")
+    print(f"\nResults: {path}; took {report['elapsed_s']:.0f} s.")

@@ -2,6 +2,8 @@
 
     make bench                       # full: 3 runs x 10 s per cell, medians reported
     make bench BENCH_ARGS=--quick    # 1 run x 3 s per cell
+    make bench BENCH_ARGS="--streams 250,1000,2000,4000"   # concurrent streams
+    make bench BENCH_ARGS="--streams --quick"              # the same at 20 and 100
     .venv/bin/python bench/run.py [--quick] [--workers N] [--threads N]
         [--connections 1,32,96] [--targets chat-slow,...] [--no-profile]
 
@@ -27,11 +29,20 @@ the forwarder) run on CPU 1; wrk, the upstreams and this script on CPU 0, so
 chatd never shares a core with its load. Results go to stdout as markdown and to results/<date>.json
 (<date>-quick.json for --quick). nginx and wrk are installed with apt-get
 when missing.
+
+With --streams, only the concurrent-streams mode runs: upstream.py streams 20
+pieces 250 ms apart, and stream_load.py opens N streams at once against it
+directly and then through chatd (shipped config, the same one change), with a
+/health probe every 250 ms. Per N: completed and shed counts, first-piece and
+largest-gap percentiles, chatd's CPU per streamed piece (its process tree's
+CPU from /proc over the pieces, each call's set-up included) and RSS per open
+stream (peak over the cell minus chatd's RSS before the first cell).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ctypes
 import datetime
 import json
@@ -56,6 +67,7 @@ import cpu_profile
 import procfs
 import report
 import requests
+import stream_load
 from canned import CONTENT, MESSAGES, OLLAMA_ANSWER, OPENAI_ANSWER, compact
 from stream_client import JSON_HEADERS, stream_timings
 
@@ -84,6 +96,14 @@ START_TIMEOUT, STOP_TIMEOUT = 30, 15
 TOOLS = {"nginx": "nginx", "wrk": "wrk", "taskset": "util-linux"}
 # chatd's CPU busy with other processes above this share of a run: its numbers are suspect.
 NOISE_PERCENT = 10
+# The concurrent-streams mode: N streams at once, PIECES pieces STREAM_GAP_MS apart.
+STREAM_LEVELS, QUICK_STREAM_LEVELS = (250, 1000, 2000, 4000), (20, 100)
+STREAM_GAP_MS = 250
+# A stream that has not ended by then is counted failed ("client deadline").
+STREAM_DEADLINE = 60
+# Between cells: chatd's threads and the upstream's connections wind down.
+STREAM_SETTLE_SECONDS = 3
+RSS_SAMPLE_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -292,15 +312,17 @@ def start_nginx(procs: Processes, tmp: Path, nginx: str) -> tuple[subprocess.Pop
     return process, port, procs.pinned(LOAD_CPU, command)
 
 
-def start_upstream(procs: Processes, tmp: Path) -> tuple[subprocess.Popen, int, list]:
+def start_upstream(
+    procs: Processes, tmp: Path, gap_ms: float = GAP_MS
+) -> tuple[subprocess.Popen, int, list]:
     port = free_port()
     command = [
         sys.executable,
         str(BENCH / "upstream.py"),
         *("--port", str(port), "--delay-ms", str(SLOW_MS)),
-        *("--pieces", str(PIECES), "--gap-ms", str(GAP_MS)),
+        *("--pieces", str(PIECES), "--gap-ms", str(gap_ms)),
     ]
-    log = tmp / "upstream.log"
+    log = tmp / f"upstream-{port}.log"
     process = procs.start("upstream.py", command, cpu=LOAD_CPU, log=log)
     wait_for_port(port, process, "upstream.py", log)
     return process, port, procs.pinned(LOAD_CPU, command)
@@ -623,6 +645,128 @@ def profile_worker(procs: Processes, servers: Servers, tmp: Path) -> dict | None
     }
 
 
+# -- concurrent streams --------------------------------------------------------------
+
+
+class PeakRss:
+    """The largest RSS of a process tree, sampled in a thread while a cell runs."""
+
+    def __init__(self, pid: int):
+        import threading
+
+        self.pid = pid
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self):
+        for _ in range(int(STREAM_DEADLINE * 2 / RSS_SAMPLE_SECONDS)):
+            self.peak = max(self.peak, procfs.memory_mib(self.pid)["rss_mib"])
+            if self._stop.wait(RSS_SAMPLE_SECONDS):
+                return
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def stream_cell(
+    port: int, path: str, body: bytes, n: int, *, sse: bool, pid: int, idle_rss: float = 0.0
+) -> dict:
+    """Open ``n`` streams at once against one server; its CPU and memory while they ran."""
+    before = procfs.Snapshot.take()
+    with PeakRss(pid) as rss:
+        results, health = asyncio.run(
+            stream_load.open_streams(
+                "127.0.0.1", port, path, body, n, sse=sse, timeout=STREAM_DEADLINE, health=sse
+            )
+        )
+    after = procfs.Snapshot.take()
+    cell = stream_load.summarize(results, PIECES)
+    cpu = after.tree_cpu(pid) - before.tree_cpu(pid)
+    cell.update(
+        cpu_s=cpu,
+        wall_s=after.at - before.at,
+        peak_rss_mib=rss.peak,
+        admitted=sum(1 for r in results if r.status == 200),
+        health_ms_max=max(health) if health else None,
+        health_probes=len(health),
+        load_cpu_busy_percent=100
+        * (after.cores[LOAD_CPU] - before.cores[LOAD_CPU])
+        / (after.at - before.at),
+    )
+    cell.update(stream_load.costs(cell, cpu, rss.peak, idle_rss, cell["admitted"]))
+    return cell
+
+
+def stream_benchmark(procs: Processes, tmp: Path, tools: dict, args, levels) -> dict:
+    """The concurrent-streams mode: each N against the upstream direct, then chatd."""
+    started = time.monotonic()
+    machine = machine_info(tools)
+    upstream, port, upstream_command = start_upstream(procs, tmp, STREAM_GAP_MS)
+    config = write_chatd_config(tmp, port, port, args)
+    settings = load_settings(str(config), environ=chatd_env(config))
+    chatd, chatd_port, chatd_log, chatd_command = start_chatd(procs, tmp, config, settings)
+    log = ChatdLog(chatd_log)
+    progress(f"chatd: {chatd_command}")
+    direct_body = compact(chat_body("llama3.2", stream=True))
+    chatd_body = compact(chat_body("x:cloud", stream=True))
+    # Warm: each worker imports lazily what a stream needs, and its pool connects.
+    warm = stream_load.summarize(
+        asyncio.run(
+            stream_load.open_streams(
+                "127.0.0.1", chatd_port, "/chat", chatd_body, 8, sse=True, timeout=30
+            )
+        )[0],
+        PIECES,
+    )
+    if warm["completed"] != 8:
+        raise RuntimeError(f"chatd did not stream: {warm}\n{tail(chatd_log)}")
+    log.read_new()
+    idle_rss = procfs.memory_mib(chatd.pid)["rss_mib"]
+    rows = []
+    for n in levels:
+        progress(f"streams: {n} at once, upstream direct ...")
+        direct = stream_cell(port, "/api/chat", direct_body, n, sse=False, pid=upstream.pid)
+        direct.pop("rss_kib_per_stream")  # the upstream's idle RSS was not taken
+        time.sleep(STREAM_SETTLE_SECONDS)
+        progress(f"streams: {n} at once, through chatd ...")
+        through = stream_cell(
+            chatd_port, "/chat", chatd_body, n, sse=True, pid=chatd.pid, idle_rss=idle_rss
+        )
+        through["chatd_log"] = log.read_new()
+        rows.append({"streams": n, "direct": direct, "chatd": through})
+        progress(report.stream_row_text(rows[-1]))
+        time.sleep(STREAM_SETTLE_SECONDS)
+    return {
+        "date": datetime.date.today().isoformat(),
+        "mode": {"name": "streams", "levels": list(levels)},
+        "machine": machine,
+        "pinning": (
+            f"chatd (gunicorn master and workers) on CPU {CHATD_CPU}; upstream.py and the "
+            f"stream client (bench/run.py) on CPU {LOAD_CPU}"
+            if procs.pin
+            else "none (CPUs 0 and 1 are not both available): numbers are not comparable"
+        ),
+        "chatd_settings": {"workers": settings.workers, "threads": settings.threads},
+        "commands": {
+            "upstream": shlex.join(upstream_command),
+            "chatd": chatd_command,
+            "chatd_config": config.read_text(),
+        },
+        "stream": {"pieces": PIECES, "gap_ms": STREAM_GAP_MS, "deadline_s": STREAM_DEADLINE},
+        "idle_rss_mib": idle_rss,
+        "rows": rows,
+        "chatd_log_problems": report.distinct_problems(log.problems),
+        "loadavg_at_end": loadavg(),
+        "elapsed_s": time.monotonic() - started,
+    }
+
+
 # -- the report ------------------------------------------------------------------------
 
 
@@ -782,12 +926,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="skip the py-spy run that shows where a worker's CPU goes",
     )
     parser.add_argument(
+        "--streams",
+        nargs="?",
+        const="",
+        type=lambda text: tuple(int(n) for n in text.split(",")) if text else (),
+        help="run only the concurrent-streams mode, at these comma-separated N "
+        f"(default {','.join(map(str, STREAM_LEVELS))}; with --quick "
+        f"{','.join(map(str, QUICK_STREAM_LEVELS))})",
+    )
+    parser.add_argument(
         "--targets", help=f"comma-separated target keys, of: {', '.join(TARGET)} (default: all)"
     )
     args = parser.parse_args(argv)
     for name in ("workers", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
+    if args.streams and not all(1 <= n <= stream_load.MAX_STREAMS for n in args.streams):
+        parser.error(f"--streams must be 1 to {stream_load.MAX_STREAMS}")
     if not args.connections or min(args.connections) < 1:
         parser.error("--connections must be positive numbers")
     unknown = set(args.targets.split(",")) - set(TARGET) if args.targets else set()
@@ -815,7 +970,11 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="chatd-bench-"))
     keep = False  # the logs, when something failed
     try:
-        results = benchmark(procs, tmp, tools, args, mode)
+        if args.streams is not None:
+            levels = args.streams or (QUICK_STREAM_LEVELS if args.quick else STREAM_LEVELS)
+            results = stream_benchmark(procs, tmp, tools, args, levels)
+        else:
+            results = benchmark(procs, tmp, tools, args, mode)
     except KeyboardInterrupt:
         progress("bench: interrupted")
         return 130
@@ -832,6 +991,11 @@ def main(argv: list[str] | None = None) -> int:
             progress(f"bench: logs kept in {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+    if args.streams is not None:
+        name = f"{results['date']}-streams{'-quick' if args.quick else ''}.json"
+        path = report.write_results(results, BENCH / "results" / name)
+        report.print_stream_report(results, str(path.relative_to(ROOT)))
+        return 0
     name = results["date"] + ("" if mode is FULL else f"-{mode.name}") + ".json"
     path = report.write_results(results, BENCH / "results" / name)
     report.print_report(results, str(path.relative_to(ROOT)))

@@ -151,7 +151,7 @@ async def handle(behaviour: Behaviour, reader: asyncio.StreamReader, writer):
 
 async def serve(port: int, behaviour: Behaviour, max_seconds: float) -> None:
     server = await asyncio.start_server(
-        lambda r, w: handle(behaviour, r, w), "127.0.0.1", port, limit=MAX_HEAD, backlog=1024
+        lambda r, w: handle(behaviour, r, w), "127.0.0.1", port, limit=MAX_HEAD, backlog=4096
     )
     print(f"upstream.py listening on 127.0.0.1:{port}", flush=True)
     async with server:

@@ -72,7 +72,7 @@ class Settings:
     bind: str = "127.0.0.1:8080"
     # gunicorn worker processes, and threads per worker (one thread per call in flight).
     workers: int = 2
-    threads: int = 128
+    threads: int = 1536
     # The whole non-streaming upstream call may take this long.
     timeout_secs: float = 300.0
     # Connecting must not take longer than this.

@@ -5,8 +5,9 @@ adapter: a whole call, or opening a stream) and wraps it in, from the outside in
 
 - one deadline per call, fixed at its arrival (:meth:`Dispatcher.deadline`)
   and passed to every attempt: no retry, fallback or queue wait gets a new one;
-- admission: at most ``threads - RESERVED_THREADS`` calls at once in this
-  worker, so /health and /chat/providers always find a thread;
+- admission (:mod:`chatd.admission`): at most ``threads - RESERVED_THREADS``
+  calls at once in this worker, so /health and /chat/providers always find a
+  thread, and none while the worker's CPU is saturated or its fds or memory run out;
 - fallbacks: the request's ``fallbacks`` (or an alias's list) tried in order
   when a provider is unregistered, cooling, busy or failing; never after a
   400, never after the first streamed byte (the attempt returns before it);
@@ -20,12 +21,12 @@ adapter: a whole call, or opening a stream) and wraps it in, from the outside in
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from chatd.adapters.base import ChatAdapter, UpstreamStream
+from chatd.admission import RESERVED_THREADS, Admission
 from chatd.board import Board, inherited_board
 from chatd.config import Settings
 from chatd.errors import (
@@ -46,8 +47,6 @@ from chatd.routing import Route
 
 log = logging.getLogger("chatd.dispatch")
 
-# Threads per worker kept free of upstream calls, for /health and friends.
-RESERVED_THREADS = 2
 # Failures after which the next candidate in a fallback list is tried.
 MOVE_ON = (ProviderNotFound, ProviderDisabled, ProviderCooling, ProviderBusy, UpstreamError)
 
@@ -103,7 +102,7 @@ class Dispatcher:
             for name, adapter in registry.adapters.items()
         }
         self.capacity = max(1, settings.threads - RESERVED_THREADS)
-        self._admission = threading.BoundedSemaphore(self.capacity)
+        self._admission = Admission(self.capacity)
 
     def route(self, name: str) -> Route:
         """Resolve ``name`` fully: its provider, its model id, and (for a provider
@@ -146,10 +145,7 @@ class Dispatcher:
         # Every name is resolved before any upstream call: a bad fallback is a 400 now.
         routes = [(name, self.route(name)) for name in self.candidates(request)]
         if not self._admission.acquire(blocking=False):
-            raise Overloaded(
-                f"chatd has {self.capacity} upstream calls in flight in this worker",
-                headers={"Retry-After": "1"},
-            )
+            raise Overloaded(self._admission.reason, headers={"Retry-After": "1"})
         try:
             outcome = self._run(request, routes, attempt, record)
         except BaseException:

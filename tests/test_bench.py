@@ -132,3 +132,100 @@ def test_bench_upstream_answers_late_and_streams_on_schedule(upstream):
 
     missing = requests.post(upstream.replace("/api/chat", "/nope"), json=body, timeout=5)
     assert missing.status_code == 404
+
+
+# -- the concurrent-streams mode (stream_load.py) ----------------------------------------
+
+import stream_load  # noqa: E402
+
+
+def test_percentile_is_the_nearest_rank():
+    values = [float(v) for v in range(1, 101)]  # 1 .. 100
+    assert stream_load.percentile(values, 50) == 50
+    assert stream_load.percentile(values, 99) == 99
+    assert stream_load.percentile([7.0, 3.0], 99) == 7
+    assert stream_load.percentile([], 50) is None
+
+
+def test_summarize_counts_completed_shed_and_failed_streams_apart():
+    def done(first, gap, pieces=3):
+        return stream_load.StreamResult(
+            200, arrivals=[first + i * gap for i in range(pieces)], finished=True
+        )
+
+    results = [
+        done(0.010, 0.250),
+        done(0.030, 0.300),
+        stream_load.StreamResult(503, retry_after=True),
+        stream_load.StreamResult(503, retry_after=False),  # a 503 without Retry-After: failed
+        stream_load.StreamResult(200, arrivals=[0.01, 0.2], finished=False),  # cut
+        stream_load.StreamResult(error="ConnectionResetError"),
+    ]
+    summary = stream_load.summarize(results, pieces=3)
+    assert summary["streams"] == 6
+    assert (summary["completed"], summary["shed"], summary["failed"]) == (2, 1, 3)
+    assert summary["errors"] == {
+        "HTTP 503": 1,
+        "incomplete stream": 1,
+        "ConnectionResetError": 1,
+    }
+    assert summary["pieces"] == 3 + 3 + 2
+    assert summary["first_piece_ms_p50"] == pytest.approx(10)
+    assert summary["first_piece_ms_p99"] == pytest.approx(30)
+    assert summary["gap_ms_p99"] == pytest.approx(300)
+
+
+def test_the_stream_protocol_notes_status_pieces_and_end_across_reads():
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    try:
+        result = stream_load.StreamResult()
+        done = loop.create_future()
+        protocol = stream_load.StreamProtocol(result, 0.0, b'"content":"', b"data: [DONE]", done)
+        protocol.data_received(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-st")
+        protocol.data_received(b'ream\r\n\r\n1f\r\ndata: {"delta":{"content":"a')
+        protocol.data_received(b'"}}\n\n\r\n1f\r\ndata: {"delta":{"content":"b"}}\n\n')
+        protocol.data_received(b"\r\ne\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
+        protocol.connection_lost(None)
+        assert done.done()
+    finally:
+        loop.close()
+    assert result.status == 200 and result.finished and not result.error
+    assert len(result.arrivals) == 2
+
+
+def test_a_shed_answer_is_seen_with_its_retry_after():
+    result = stream_load.StreamResult()
+    protocol = stream_load.StreamProtocol(result, 0.0, b"x", b"y", _Done())
+    protocol.data_received(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n\r\n{}")
+    assert result.status == 503 and result.retry_after
+
+
+class _Done:
+    def done(self):
+        return True
+
+
+def test_the_stream_table_gives_chatd_gaps_as_ratios_to_direct():
+    def cell(gap_p99, **extra):
+        return {
+            "completed": 10, "shed": 0, "failed": 0, "first_piece_ms_p50": 5.0,
+            "first_piece_ms_p99": 9.0, "gap_ms_p99": gap_p99, "cpu_us_per_piece": 80.0,
+            **extra,
+        }  # fmt: skip
+
+    table = report.streams_table(
+        [{"streams": 10, "direct": cell(250.0), "chatd": cell(300.0, rss_kib_per_stream=64)}]
+    )
+    assert "| 300.0 (1.20x) |" in table
+    assert "| 64 |" in table
+
+
+def test_costs_are_cpu_over_pieces_and_memory_over_admitted_streams():
+    cell = {"pieces": 4000}
+    costs = stream_load.costs(cell, cpu_s=0.6, peak_rss_mib=150.0, idle_rss_mib=100.0, admitted=200)
+    assert costs["cpu_us_per_piece"] == pytest.approx(150)  # 0.6 s / 4,000 pieces
+    assert costs["rss_kib_per_stream"] == pytest.approx(256)  # 50 MiB / 200 streams
+    nothing = stream_load.costs({"pieces": 0}, 0.1, 100.0, 100.0, 0)
+    assert nothing == {"cpu_us_per_piece": 100_000, "rss_kib_per_stream": 0}

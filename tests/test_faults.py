@@ -28,6 +28,7 @@ from tests.live import (
 MESSAGES = [{"role": "user", "content": "hi"}]
 TIMEOUT = 2.0
 COOLDOWN = 1.5
+THREADS = 12
 KEYS = {k: v for k, v in TEST_KEYS.items() if k != "OPENCODE_API_KEY"}  # opencode unregistered
 
 
@@ -42,7 +43,7 @@ def live(fakes, tmp_path_factory):
         first_token_timeout_secs=TIMEOUT,
         idle_timeout_secs=TIMEOUT,
         connect_timeout_secs=1.0,
-        threads=12,
+        threads=THREADS,
         retries=1,
         retry_max_wait_secs=2.0,
         cooldown_failures=3,
@@ -231,7 +232,22 @@ def worker_pid(live) -> int:
 
 
 def counts(pid: int) -> tuple[int, int]:
-    return len(os.listdir(f"/proc/{pid}/fd")), len(os.listdir(f"/proc/{pid}/task"))
+    """Open fds, and threads other than the request pool's (gthread starts those lazily)."""
+    tasks = os.listdir(f"/proc/{pid}/task")
+    pool = pool_threads(pid)
+    return len(os.listdir(f"/proc/{pid}/fd")), len(tasks) - pool
+
+
+def pool_threads(pid: int) -> int:
+    """gunicorn's request threads (chatd.worker names them in the OS)."""
+    names = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/comm") as f:
+                names.append(f.read())
+        except OSError:
+            pass  # it ended meanwhile
+    return sum(name.strip() == "chatd-request" for name in names)
 
 
 def test_concurrent_faults_give_expected_statuses_and_leak_nothing(live, fakes):
@@ -286,3 +302,6 @@ def test_concurrent_faults_give_expected_statuses_and_leak_nothing(live, fakes):
     # Pooled keep-alive connections may differ by a few from the warm-up's.
     assert fds <= fds_before + 4, (fds_before, fds)
     assert threads <= threads_before, (threads_before, threads)
+    # The pool may have grown (it starts threads as calls need them), never past
+    # `threads`; the head watchdog, started from a request thread, has its OS name too.
+    assert pool_threads(pid) <= THREADS + 1

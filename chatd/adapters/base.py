@@ -10,8 +10,11 @@ what a client is answered in is a dialect's job (:mod:`chatd.dialects`).
 
 from __future__ import annotations
 
+import http.client
 import itertools
 import re
+import socket
+import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
@@ -21,7 +24,7 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 
-from chatd import codec
+from chatd import admission, codec
 from chatd.adapters.framing import BadEvent, StreamCut
 from chatd.errors import (
     BadRequest,
@@ -49,6 +52,9 @@ DONT_RETRY = {"x-should-retry": "false"}
 # Upstream statuses that say "try again soon" (with 429, unless a quota is spent).
 # 529 is Anthropic's overloaded_error: a 503 by another number.
 RETRYABLE = frozenset({502, 503, 504, 529})
+# How far a read's kernel timeout may drift from the deadline before it is set again.
+RECV_TIMEOUT_SLACK = 0.05
+_TIMEVAL = struct.Struct("@ll")
 
 
 def retry_after_secs(value: str | None) -> float | None:
@@ -150,6 +156,15 @@ def _socket_of(response: requests.Response):
     """Return the socket under ``response`` so its timeout can follow our deadline."""
     connection = getattr(response.raw, "_connection", None)
     return getattr(connection, "sock", None)
+
+
+def _set_recv_timeout(sock, seconds: float) -> None:
+    """The kernel's own timeout on each recv (SO_RCVTIMEO; 0 = none)."""
+    whole = int(seconds)
+    micros = int((seconds - whole) * 1e6) if seconds else 0
+    if seconds and not (whole or micros):
+        micros = 1
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(whole, micros))
 
 
 class UpstreamStream:
@@ -450,6 +465,8 @@ class ChatAdapter:
         if headers:
             prepared.headers.update(headers)
         prepared.body = payload
+        # From here the call waits on the upstream: the next one may start its set-up.
+        admission.set_up_done(stream)
         # Connect and head (status line and headers) together in first_byte, not
         # just each read of it.
         head_deadline.at = time.monotonic() + first_byte
@@ -543,30 +560,58 @@ class ChatAdapter:
 
         ``deadline()`` returns (monotonic deadline, setting name, its seconds),
         so a timeout names the setting that fired.
+
+        The socket is read in blocking mode with the kernel's SO_RCVTIMEO
+        rather than with Python's socket timeout: a timeout socket polls
+        before every recv, two system calls and two hand-offs of the GIL per
+        piece instead of one, and each settimeout is one more. SO_RCVTIMEO is
+        set again only when the deadline moved by more than RECV_TIMEOUT_SLACK
+        (an idle deadline moves with each event, so about once per stream).
+        When it fires, the read fails or comes back short: that, or any
+        failure, at the deadline is the timeout.
         """
         sock = _socket_of(response)
+        applied = None  # SO_RCVTIMEO as last set, in seconds
+        until, name, seconds = deadline()
         try:
+            if sock is not None:
+                sock.settimeout(None)
             while True:
                 until, name, seconds = deadline()
-                remaining = until - time.monotonic()
+                now = time.monotonic()
+                remaining = until - now
                 if remaining <= 0:
                     raise self._timeout_error(name, seconds)
-                if sock is not None:
-                    sock.settimeout(remaining)
+                if sock is not None and (
+                    applied is None or abs(now + applied - until) > RECV_TIMEOUT_SLACK
+                ):
+                    _set_recv_timeout(sock, remaining)
+                    applied = remaining
                 chunk = response.raw.read1(READ_SIZE, decode_content=True)
                 if not chunk:
+                    if applied is not None and time.monotonic() >= until - RECV_TIMEOUT_SLACK:
+                        raise self._timeout_error(name, seconds)
                     return
                 yield chunk
         except urllib3.exceptions.ReadTimeoutError:
             until, name, seconds = deadline()
             raise self._timeout_error(name, seconds) from None
-        except (OSError, urllib3.exceptions.HTTPError) as e:
+        except (OSError, ValueError, http.client.HTTPException, urllib3.exceptions.HTTPError) as e:
+            if time.monotonic() >= until - RECV_TIMEOUT_SLACK:
+                raise self._timeout_error(name, seconds) from None
             raise UpstreamError(
                 f"{self.provider} broke off its answer ({type(e).__name__})",
                 retryable=True,
                 provider=self.provider,
                 upstream_status=response.status_code,
             ) from None
+        finally:
+            if applied is not None:
+                try:
+                    # The connection may go back to the pool: no timeout left behind.
+                    _set_recv_timeout(sock, 0)
+                except OSError:
+                    pass
 
     def _lines(self, response: requests.Response, deadline: Deadline) -> Iterator[bytes]:
         """Yield the stream's lines; time out when no event line comes in time.

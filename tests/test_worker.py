@@ -1,0 +1,143 @@
+"""chatd.worker's door, without gunicorn running: which connection starts, waits
+or is shed (issue 12). The live counterpart is tests/test_shedding.py."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from types import SimpleNamespace
+
+import pytest
+from gunicorn.workers.gthread import ThreadWorker
+
+from chatd import worker as chatd_worker
+from chatd.worker import MAX_SETUP_WAIT, MAX_SETUPS, SENT_GRACE, SheddingMixin
+
+# The door alone: in ChatdWorker, WholeRequests holds a connection until its
+# request is whole before it reaches the door (tests/test_hostile.py, live).
+
+
+class Door(SheddingMixin, ThreadWorker):
+    pass
+
+
+THREADS = 12
+
+
+class Pressure:
+    reason: str | None = None
+
+
+OPEN: list[socket.socket] = []
+
+
+class Conn:
+    """A connection as gthread holds it: a socket (ours: one end of a pair)."""
+
+    def __init__(self, request: bytes = b"POST /chat HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}"):
+        self.sock, self.client = socket.socketpair()
+        OPEN.extend((self.sock, self.client))
+        if request:
+            self.client.sendall(request)
+        self.client.settimeout(2)
+
+    def close(self):
+        self.sock.close()
+
+    def answer(self) -> bytes:
+        return self.client.recv(65536)
+
+
+@pytest.fixture
+def door(monkeypatch):
+    started = []
+    monkeypatch.setattr(ThreadWorker, "enqueue_req", lambda self, conn: started.append(conn))
+    w = Door.__new__(Door)
+    w.cfg = SimpleNamespace(threads=THREADS, keepalive=2)
+    w.alive = True
+    w.busy = 0
+    w.in_setup = {}
+    w.waiting = chatd_worker.deque()
+    w._setup_lock = threading.Lock()
+    w.pressure = Pressure()
+    w.shed = 0
+    w._shed_logged = 0.0
+    w.nr_conns = 100
+    w.pending_conns = chatd_worker.deque()
+    deferred = []
+    w.method_queue = SimpleNamespace(defer=lambda f, *a: deferred.append((f, a)))
+    w.started, w.deferred = started, deferred
+    yield w
+    while OPEN:
+        OPEN.pop().close()
+
+
+def test_calls_start_while_set_up_slots_are_free_and_the_next_wait_in_order(door):
+    conns = [Conn() for _ in range(MAX_SETUPS + 2)]
+    for conn in conns:
+        door.enqueue_req(conn)
+    assert door.started == conns[:MAX_SETUPS]
+    assert [c for c, _ in door.waiting] == conns[MAX_SETUPS:]
+    # One set-up ends: the main loop is woken and the first waiting call starts.
+    door._set_up_done(conns[0])
+    ((wake, args),) = door.deferred
+    wake(*args)
+    assert door.started == conns[: MAX_SETUPS + 1]
+    assert [c for c, _ in door.waiting] == conns[MAX_SETUPS + 1 :]
+
+
+def test_a_slot_frees_soon_after_its_upstream_call_went_out(door, monkeypatch):
+    conns = [Conn() for _ in range(MAX_SETUPS + 1)]
+    for conn in conns:
+        door.enqueue_req(conn)
+    door._sent(conns[0], stream=True)
+    now = chatd_worker.time.monotonic()
+    door._start_waiting()
+    assert conns[-1] not in door.started  # within SENT_GRACE: still its slot
+    monkeypatch.setattr(chatd_worker.time, "monotonic", lambda: now + SENT_GRACE * 2)
+    door._start_waiting()
+    assert door.started[-1] is conns[-1]
+
+
+def test_a_call_that_waited_too_long_is_shed_with_503(door, monkeypatch):
+    conns = [Conn() for _ in range(MAX_SETUPS + 1)]
+    for conn in conns:
+        door.enqueue_req(conn)
+    later = chatd_worker.time.monotonic() + MAX_SETUP_WAIT + 0.1
+    monkeypatch.setattr(chatd_worker.time, "monotonic", lambda: later)
+    monkeypatch.setattr(ThreadWorker, "murder_pending", lambda self: None)  # gthread's own
+    door.murder_pending()
+    answer = conns[-1].answer()
+    assert answer.startswith(b"HTTP/1.1 503 ")
+    assert b"\r\nRetry-After: 1\r\n" in answer
+    assert b"CPU saturated" in answer
+    assert not door.waiting
+
+
+def test_with_every_call_thread_busy_calls_are_shed_but_health_is_served(door):
+    door.busy = THREADS - 2  # chatd.admission.RESERVED_THREADS kept for /health
+    call, health = Conn(), Conn(b"GET /health HTTP/1.1\r\n\r\n")
+    door.enqueue_req(call)
+    door.enqueue_req(health)
+    assert call.answer().startswith(b"HTTP/1.1 503 ")
+    assert door.started == [health]
+
+
+def test_while_the_cpu_is_saturated_new_calls_are_shed_at_once(door):
+    door.busy = 1
+    door.pressure.reason = "CPU saturated (scheduling lag 80 ms)"
+    conn = Conn()
+    door.enqueue_req(conn)
+    answer = conn.answer()
+    assert answer.startswith(b"HTTP/1.1 503 ") and b"scheduling lag 80 ms" in answer
+    assert door.started == []
+
+
+def test_a_whole_calls_slot_frees_as_its_upstream_call_goes_out(door):
+    conns = [Conn() for _ in range(MAX_SETUPS + 1)]
+    for conn in conns:
+        door.enqueue_req(conn)
+    door._sent(conns[0], stream=False)  # the rest is the upstream's latency
+    ((wake, args),) = door.deferred
+    wake(*args)
+    assert door.started[-1] is conns[-1]
