@@ -37,6 +37,7 @@ from gunicorn.http2 import negotiation
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from chatd import admission, codec
+from chatd.dialects import anthropic, ollama
 
 log = logging.getLogger("chatd.worker")
 
@@ -46,7 +47,13 @@ log = logging.getLogger("chatd.worker")
 STACK_SIZE = 512 * 1024
 # Served with a kept thread even while calls are shed: load balancers and
 # operators must see an overloaded chatd as up, and why.
-ALWAYS_SERVED = (b"GET /health", b"HEAD /health", b"GET /metrics")
+ALWAYS_SERVED = (
+    b"GET /health",
+    b"HEAD /health",
+    b"GET /metrics",
+    b"GET /chat/providers",
+    b"GET /providers",
+)
 # Enough to see the request line; what the client sent of the body is drained,
 # up to DRAIN_BYTES, so that closing does not reset the connection under the 503.
 PEEK_BYTES = 64
@@ -78,9 +85,20 @@ def name_thread(name: bytes) -> None:
         pass  # not Linux: only the name is missing
 
 
-def shed_answer(reason: str) -> bytes:
-    """The whole 503 answer, in chatd's error envelope."""
-    body = codec.dumps({"error": {"type": "overloaded", "message": reason, "code": "overloaded"}})
+def shed_body(reason: str, request_line: bytes = b"") -> dict:
+    """The 503's body in the envelope of the dialect the request's path belongs to."""
+    parts = request_line.split(b" ", 2)
+    path = parts[1] if len(parts) > 1 else b""
+    if path.startswith(b"/api/"):
+        return ollama.error_body(503, reason)
+    if path.startswith(b"/v1/messages"):
+        return anthropic.error_body(503, reason)
+    return {"error": {"type": "overloaded", "message": reason, "code": "overloaded"}}
+
+
+def shed_answer(reason: str, request_line: bytes = b"") -> bytes:
+    """The whole 503 answer, in the error envelope the client reads."""
+    body = codec.dumps(shed_body(reason, request_line))
     head = (
         "HTTP/1.1 503 Service Unavailable\r\n"
         "Content-Type: application/json\r\n"
@@ -174,6 +192,7 @@ class SheddingMixin:
             self.busy >= self.capacity
             or (self.pressure.reason and self.busy)
             or self.setups >= MAX_SETUPS
+            or self.waiting  # in order: no newcomer before those already waiting
         ):
             line = self._request_line(conn)
             if line is None:
@@ -194,6 +213,7 @@ class SheddingMixin:
         if not (full or (self.pressure.reason and self.busy)) or head.startswith(ALWAYS_SERVED):
             return False
         self.release(conn)
+        conn.request_line = head[:PEEK_BYTES]
         self._shed(conn)
         return True
 
@@ -242,7 +262,9 @@ class SheddingMixin:
                     del self.in_setup[conn]  # waiting on the upstream, not the CPU
         while self.waiting and self.setups < MAX_SETUPS:
             conn, since = self.waiting.popleft()
-            if now - since > MAX_SETUP_WAIT or (self.pressure.reason and self.busy):
+            if self.pressure.reason and self.busy:
+                self._shed(conn, self.pressure.reason)
+            elif now - since > MAX_SETUP_WAIT:
                 self._shed(conn, f"no call set up within {MAX_SETUP_WAIT:g} s: CPU saturated")
             else:
                 self._start(conn)
@@ -268,6 +290,7 @@ class SheddingMixin:
         if first:
             # Read already, by WholeRequests: the request is whole.
             conn.first_bytes = None
+            conn.request_line = first
             return first
         sock = conn.sock
         try:
@@ -278,6 +301,7 @@ class SheddingMixin:
         except OSError:
             start = b""
         if start:
+            conn.request_line = start
             return start
         if start is None and self.alive:
             conn.timeout = time.monotonic() + self.cfg.keepalive
@@ -291,7 +315,11 @@ class SheddingMixin:
         return None
 
     def _shed(self, conn, reason: str | None = None) -> None:
-        reason = reason or self.pressure.reason or f"chatd has no free thread of {self.cfg.threads}"
+        reason = (
+            reason
+            or self.pressure.reason
+            or (f"all {self.capacity} call threads of this chatd worker are busy")
+        )
         sock = conn.sock
         try:
             # Never block the main loop: a whole request's socket is blocking again.
@@ -305,7 +333,7 @@ class SheddingMixin:
         except OSError:
             pass  # nothing more has arrived (or the client left)
         try:
-            sock.send(shed_answer(reason))
+            sock.send(shed_answer(reason, getattr(conn, "request_line", b"")))
             sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass

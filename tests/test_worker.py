@@ -114,13 +114,50 @@ def test_a_call_that_waited_too_long_is_shed_with_503(door, monkeypatch):
     assert not door.waiting
 
 
-def test_with_every_call_thread_busy_calls_are_shed_but_health_is_served(door):
-    door.busy = THREADS - 2  # chatd.admission.RESERVED_THREADS kept for /health
-    call, health = Conn(), Conn(b"GET /health HTTP/1.1\r\n\r\n")
+@pytest.mark.parametrize(
+    "kept", ["GET /health", "HEAD /health", "GET /metrics", "GET /chat/providers", "GET /providers"]
+)
+def test_with_every_call_thread_busy_calls_are_shed_but_the_kept_routes_are_served(door, kept):
+    door.busy = THREADS - 2  # chatd.admission.RESERVED_THREADS kept for these
+    call, health = Conn(), Conn(kept.encode() + b" HTTP/1.1\r\n\r\n")
     door.enqueue_req(call)
     door.enqueue_req(health)
-    assert call.answer().startswith(b"HTTP/1.1 503 ")
+    answer = call.answer()
+    assert answer.startswith(b"HTTP/1.1 503 ") and b"call threads" in answer
     assert door.started == [health]
+
+
+@pytest.mark.parametrize(
+    "request_line, envelope",
+    [
+        (b"POST /chat HTTP/1.1", {"type": "overloaded"}),
+        (b"POST /api/chat HTTP/1.1", None),
+        (b"POST /v1/messages HTTP/1.1", {"type": "overloaded_error"}),
+    ],
+)
+def test_a_shed_answer_comes_in_the_envelope_its_client_reads(door, request_line, envelope):
+    import json
+
+    door.busy = THREADS - 2
+    call = Conn(request_line + b"\r\nContent-Length: 2\r\n\r\n{}")
+    door.enqueue_req(call)
+    body = json.loads(call.answer().split(b"\r\n\r\n", 1)[1])
+    if envelope is None:  # Ollama's clients read {"error": "<text>"}
+        assert isinstance(body["error"], str) and "busy" in body["error"]
+    else:
+        assert body["error"]["type"] == envelope["type"]
+
+
+def test_a_newcomer_waits_behind_those_already_waiting(door):
+    conns = [Conn() for _ in range(MAX_SETUPS + 1)]
+    for conn in conns:
+        door.enqueue_req(conn)
+    assert [c for c, _ in door.waiting] == conns[MAX_SETUPS:]
+    # A slot frees, but before the main loop starts the waiting call a new one arrives.
+    door._set_up_done(conns[0])
+    late = Conn()
+    door.enqueue_req(late)
+    assert [c for c, _ in door.waiting] == [conns[MAX_SETUPS], late]
 
 
 def test_while_the_cpu_is_saturated_new_calls_are_shed_at_once(door):
