@@ -31,6 +31,17 @@ def test_defaults_when_there_is_no_chatd_table(tmp_path):
         "OPENCODE_API_KEY",
         "KIMI_API_KEY",
     )
+    # The README's Configuration table, row by row.
+    assert (settings.workers, settings.threads) == (2, 1536)
+    assert (settings.timeout_secs, settings.connect_timeout_secs) == (300, 10)
+    assert (settings.first_token_timeout_secs, settings.idle_timeout_secs) == (120, 60)
+    assert (settings.retries, settings.retry_max_wait_secs) == (1, 10)
+    assert (settings.cooldown_failures, settings.cooldown_secs) == (5, 30)
+    assert (settings.max_in_flight, settings.queue_timeout_secs) == (0, 5)
+    assert settings.max_response_bytes == 32 * 1024 * 1024
+    assert (settings.probe_timeout_secs, settings.probe_ttl_secs) == (1.0, 5.0)
+    assert settings.opencode_go_url == "https://opencode.ai/zen/go/v1"
+    assert settings.graceful_timeout_secs == 60
 
 
 def test_values_come_from_the_chatd_table(tmp_path):
