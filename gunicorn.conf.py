@@ -10,6 +10,7 @@ Run with `chatd --config PATH`, or `CHATD_CONFIG=PATH gunicorn -c gunicorn.conf.
 """
 
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -36,6 +37,19 @@ if _refused:
 _settings = _serving.settings
 
 wsgi_app = "chatd.wsgi:app"
+
+
+def _raise_file_limit() -> int:
+    """Raise this process's soft limit on open files to the hard one; return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
 
 #
 # Server socket
@@ -78,6 +92,9 @@ backlog = 2048
 #       being shed. gunicorn's default (1000) would be below `threads`: a
 #       worker would stop accepting at 1000 streams and the rest would wait
 #       unanswered in the listen backlog instead of being served or shed.
+#       Each is a file descriptor: the soft limit is raised to the hard one,
+#       and worker_connections kept below it (the worker also survives an
+#       accept() that runs out of descriptors, but should not need to).
 #
 #   timeout - For gthread this is only a heartbeat, but keep it above the
 #       upstream timeout so a worker is never reaped mid-call.
@@ -96,7 +113,8 @@ backlog = 2048
 workers = int(os.environ.get("WEB_CONCURRENCY", _settings.workers))
 worker_class = "chatd.worker.ChatdWorker"
 threads = _settings.threads
-worker_connections = 2 * threads
+_files = _raise_file_limit()
+worker_connections = max(64, min(2 * threads, _files - 256))
 timeout = int(_settings.timeout_secs) + 30
 graceful_timeout = int(_settings.graceful_timeout_secs)
 keepalive = 5

@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import logging
+import re
 import selectors
 import socket
 import threading
@@ -34,7 +35,7 @@ from functools import partial
 
 from gunicorn import util
 from gunicorn.http2 import negotiation
-from gunicorn.workers.gthread import TConn, ThreadWorker
+from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 
 from chatd import admission, codec
 from chatd.dialects import anthropic, ollama
@@ -75,6 +76,10 @@ _libc = ctypes.CDLL(None, use_errno=True)
 ACCEPT_BATCH = 16
 # Sheds are logged as one summary line at most this often.
 LOG_EVERY_SECONDS = 10.0
+# accept() errors that say the process is out of something, not that the loop is broken.
+OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# Closes that linger (RFC 9112 9.6: drain, then close) run here, never on the main loop.
+LINGER_THREADS = 2
 
 
 def name_thread(name: bytes) -> None:
@@ -109,6 +114,24 @@ def shed_answer(reason: str, request_line: bytes = b"") -> bytes:
     return head.encode() + body
 
 
+class ChatdConn(TConn):
+    """gthread's connection, whose lingering close runs off the main loop.
+
+    gthread closes a ``Connection: close`` (or HTTP/1.0) connection gracefully
+    on its main loop: half-close, then drain for up to 2 s. One such client
+    would stall every other connection of the worker for that long.
+    """
+
+    lingering: futures.ThreadPoolExecutor | None = None  # set per worker process
+
+    def close(self, graceful=False):
+        if graceful and self.lingering is not None:
+            self.sock.setblocking(True)
+            self.lingering.submit(util.close_graceful, self.sock)
+        else:
+            super().close(graceful)
+
+
 class SheddingMixin:
     """For a gthread ThreadWorker: shed connections no thread can serve now."""
 
@@ -125,6 +148,9 @@ class SheddingMixin:
         self.shed = 0
         self._shed_logged = time.monotonic()
         self.pressure = admission.pressure.start()
+        ChatdConn.lingering = futures.ThreadPoolExecutor(
+            max_workers=LINGER_THREADS, thread_name_prefix="chatd-linger"
+        )
         super().init_process()
 
     def get_thread_pool(self):
@@ -180,10 +206,15 @@ class SheddingMixin:
             except OSError as e:
                 if e.errno in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
                     return
+                if e.errno in OUT_OF_RESOURCES:
+                    # Out of descriptors or buffers: the main loop must live on; the
+                    # backlog keeps the connection until one closes.
+                    self._note_shed(f"cannot accept: {errno.errorcode[e.errno]}")
+                    return
                 raise
             self.nr_conns += 1
             client_sock.setblocking(True)
-            self.enqueue_req(TConn(self.cfg, client_sock, client_addr, listener.getsockname()))
+            self.enqueue_req(ChatdConn(self.cfg, client_sock, client_addr, listener.getsockname()))
 
     def enqueue_req(self, conn):
         threads = self.cfg.threads
@@ -218,6 +249,9 @@ class SheddingMixin:
         return True
 
     def _start(self, conn, setup: bool = True) -> None:
+        # A body still to arrive (chunked, or too big to hold) is read by the
+        # thread: its client's pace must not hold a set-up slot.
+        setup = setup and not getattr(conn, "body_pending", False)
         if setup:
             with self._setup_lock:
                 self.in_setup[conn] = None
@@ -262,7 +296,9 @@ class SheddingMixin:
                     del self.in_setup[conn]  # waiting on the upstream, not the CPU
         while self.waiting and self.setups < MAX_SETUPS:
             conn, since = self.waiting.popleft()
-            if self.pressure.reason and self.busy:
+            if self.busy >= self.capacity:
+                self._shed(conn)
+            elif self.pressure.reason and self.busy:
                 self._shed(conn, self.pressure.reason)
             elif now - since > MAX_SETUP_WAIT:
                 self._shed(conn, f"no call set up within {MAX_SETUP_WAIT:g} s: CPU saturated")
@@ -339,10 +375,14 @@ class SheddingMixin:
             pass
         self.nr_conns -= 1
         conn.close()
+        self._note_shed(reason)
+
+    def _note_shed(self, reason: str) -> None:
+        """Count a shed; log the count at most every LOG_EVERY_SECONDS."""
         self.shed += 1
         now = time.monotonic()
         if now - self._shed_logged >= LOG_EVERY_SECONDS:
-            log.warning("shed %d connections with 503 (last: %s)", self.shed, reason)
+            log.warning("shed %d connections (last: %s)", self.shed, reason)
             self.shed = 0
             self._shed_logged = now
 
@@ -352,6 +392,7 @@ ERROR_TYPES = {
     400: "invalid_request",
     403: "forbidden",
     408: "request_timeout",
+    413: "request_too_large",
     414: "uri_too_long",
     417: "expectation_failed",
     431: "headers_too_large",
@@ -391,7 +432,7 @@ READ_SIZE = 65536
 class Held:
     """What the event loop has read of one connection's next request."""
 
-    __slots__ = ("data", "head_end", "need", "deadline", "scanned")
+    __slots__ = ("data", "head_end", "need", "deadline", "scanned", "reserved")
 
     def __init__(self, data: bytes, deadline: float):
         self.data = bytearray(data)
@@ -399,6 +440,15 @@ class Held:
         self.need = 0  # bytes that make the request whole (head + declared body)
         self.deadline = deadline
         self.scanned = 0  # where to resume looking for the blank line
+        self.reserved = 0  # the declared body's bytes, counted against the hold budget
+
+
+EXPECT_LINE = re.compile(rb"\r?\nexpect:[ \t]*100-continue[ \t]*(?=\r?\n)", re.IGNORECASE)
+
+
+def strip_expect(head: bytes) -> bytes:
+    """``head`` without its ``Expect: 100-continue`` line (chatd answered it already)."""
+    return EXPECT_LINE.sub(b"", head, count=1)
 
 
 def declared_body(head: bytes) -> tuple[int | None, bool, bool]:
@@ -447,6 +497,8 @@ class WholeRequests:
     def init_process(self):
         self.held: dict = {}
         self.held_bytes = 0
+        # Bodies the held connections declared: what holding them all will cost.
+        self.reserved_bytes = 0
         cfg = self.cfg
         # The largest head gunicorn's limits allow: past it, gunicorn refuses it.
         self.max_head_bytes = (
@@ -510,17 +562,41 @@ class WholeRequests:
             if self.refuse_at_head(conn, head):
                 return True
             length, unsure, expect = declared_body(head)
-            if unsure or not length:
+            if not length and not unsure:
                 return self.hand_over(conn, held)
-            if length > self.max_body_bytes or self.held_bytes + length > self.hold_budget_bytes:
+            if unsure or self.reserved_bytes + (length or 0) > self.hold_budget_bytes:
+                # Chunked (or odd) bodies, or past what the worker may hold: the
+                # thread reads the body, but holds no set-up slot meanwhile.
+                conn.body_pending = True
                 return self.hand_over(conn, held)
+            if length > self.max_body_bytes:
+                # Refused from the main loop: no thread waits for a body it will refuse.
+                self.release(conn)
+                mesg = (
+                    f"request body is larger than max_request_bytes ({self.max_body_bytes} bytes)"
+                )
+                self.drop(conn, json_error(413, "Content Too Large", mesg))
+                return True
             held.need = held.head_end + length
+            held.reserved = length
+            self.reserved_bytes += length
             held.deadline = time.monotonic() + self.body_timeout_secs
-            if expect and len(held.data) < held.need:
+            if (
+                expect
+                and len(held.data) < held.need
+                and head.split(b"\n", 1)[0].rstrip().endswith(b"HTTP/1.1")
+            ):
                 try:
-                    conn.sock.send(CONTINUE)  # 26 bytes into an empty send buffer
+                    conn.sock.send(CONTINUE)  # 25 bytes into an empty send buffer
                 except OSError:
                     pass
+                # Answered here: gunicorn must not send a second 100 when a thread reads it.
+                stripped = strip_expect(head)
+                cut = held.head_end - len(stripped)
+                held.data[: held.head_end] = stripped
+                held.head_end -= cut
+                held.need -= cut
+                self.held_bytes -= cut
         if len(held.data) >= held.need:
             return self.hand_over(conn, held)
         return False
@@ -547,6 +623,7 @@ class WholeRequests:
         """Stop watching ``conn`` (before a thread or a close can touch its socket)."""
         held = self.held.pop(conn)
         self.held_bytes -= len(held.data)
+        self.reserved_bytes -= held.reserved
         try:
             self.poller.unregister(conn.sock)
         except (KeyError, ValueError):
@@ -566,6 +643,15 @@ class WholeRequests:
     def murder_pending(self):
         super().murder_pending()
         now = time.monotonic()
+        if not self.alive:
+            # Stopping: a connection that sent nothing goes now, the rest get the
+            # linger gthread gives its kept-alive ones, not their whole deadlines.
+            for conn, held in list(self.held.items()):
+                if not held.data:
+                    self.release(conn)
+                    self.drop(conn)
+                else:
+                    held.deadline = min(held.deadline, now + STOP_KEEPALIVE_LINGER)
         late = [conn for conn, held in self.held.items() if held.deadline <= now]
         for conn in late:
             waiting = "body" if self.held[conn].head_end >= 0 else "head"

@@ -178,3 +178,62 @@ def test_a_whole_calls_slot_frees_as_its_upstream_call_goes_out(door):
     ((wake, args),) = door.deferred
     wake(*args)
     assert door.started[-1] is conns[-1]
+
+
+def test_a_waiting_call_is_shed_not_started_once_every_thread_is_busy(door):
+    conns = [Conn() for _ in range(MAX_SETUPS + 1)]
+    for conn in conns:
+        door.enqueue_req(conn)
+    door.busy = THREADS - 2  # every call thread taken meanwhile
+    door._set_up_done(conns[0])
+    ((wake, args),) = door.deferred
+    wake(*args)
+    assert conns[MAX_SETUPS].answer().startswith(b"HTTP/1.1 503 ")
+    assert conns[MAX_SETUPS] not in door.started
+
+
+def test_a_call_whose_body_is_still_coming_takes_no_set_up_slot(door):
+    """A chunked body is read by the thread at its client's pace: four such must
+    not stop every other call's set-up."""
+    dripping = []
+    for _ in range(MAX_SETUPS):
+        conn = Conn()
+        conn.body_pending = True
+        door.enqueue_req(conn)
+        dripping.append(conn)
+    call = Conn()
+    door.enqueue_req(call)
+    assert door.started == [*dripping, call]
+    assert door.setups == 1
+
+
+def test_running_out_of_descriptors_pauses_accepting_and_keeps_the_loop(door):
+    import errno
+
+    class Listener:
+        def accept(self):
+            raise OSError(errno.EMFILE, "Too many open files")
+
+    door.worker_connections = 100
+    door.nr_conns = 0
+    door.accept(Listener())  # returns: the main loop lives on
+    assert door.nr_conns == 0
+
+
+@pytest.mark.parametrize(
+    "head, stripped",
+    [
+        (
+            b"POST /chat HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+            b"POST /chat HTTP/1.1\r\nContent-Length: 2\r\n\r\n",
+        ),
+        (
+            b"POST /chat HTTP/1.1\r\nContent-Length: 2\r\nexpect:  100-Continue\r\n\r\n",
+            b"POST /chat HTTP/1.1\r\nContent-Length: 2\r\n\r\n",
+        ),
+    ],
+)
+def test_an_answered_expect_is_taken_out_of_the_head_so_gunicorn_sends_no_second_100(
+    head, stripped
+):
+    assert chatd_worker.strip_expect(head) == stripped
