@@ -31,7 +31,7 @@ import threading
 import time
 from collections import deque
 from concurrent import futures
-from functools import partial
+from functools import cached_property, partial
 
 from gunicorn import util
 from gunicorn.http2 import negotiation
@@ -217,7 +217,6 @@ class SheddingMixin:
             self.enqueue_req(ChatdConn(self.cfg, client_sock, client_addr, listener.getsockname()))
 
     def enqueue_req(self, conn):
-        threads = self.cfg.threads
         # With nothing in flight, shedding frees nothing: the first call always runs.
         if (
             self.busy >= self.capacity
@@ -228,7 +227,7 @@ class SheddingMixin:
             line = self._request_line(conn)
             if line is None:
                 return  # waiting for the request, or gone
-            if line.startswith(ALWAYS_SERVED) and self.busy < threads:
+            if line.startswith(ALWAYS_SERVED) and self.busy < self.threads:
                 self._start(conn, setup=False)
             elif self.busy >= self.capacity or (self.pressure.reason and self.busy):
                 self._shed(conn)
@@ -258,11 +257,16 @@ class SheddingMixin:
         self.busy += 1
         super().enqueue_req(conn)
 
-    @property
+    # Read once: gunicorn's cfg.threads is a settings lookup, and the door asks per request.
+    @cached_property
+    def threads(self) -> int:
+        return self.cfg.threads
+
+    @cached_property
     def capacity(self) -> int:
         """Calls this worker runs at once: its threads less the kept ones, at least
         one (as the dispatcher counts them: a tiny pool still serves)."""
-        return max(1, self.cfg.threads - admission.RESERVED_THREADS)
+        return max(1, self.threads - admission.RESERVED_THREADS)
 
     @property
     def setups(self) -> int:
@@ -524,26 +528,31 @@ class WholeRequests:
         self.held[conn] = held
         self.held_bytes += len(ahead)
         conn.sock.setblocking(False)
-        if not self.advance(conn, held):
-            self.poller.register(
-                conn.sock, selectors.EVENT_READ, partial(self.on_held_readable, conn)
-            )
+        # A kept-alive connection turned readable (and most new ones) has its
+        # request in the socket already: read it now, not one loop turn later.
+        if self.advance(conn, held) or self.take_arrived(conn, held):
+            return
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_held_readable, conn))
 
     def on_held_readable(self, conn, sock):
-        held = self.held[conn]
+        self.take_arrived(conn, self.held[conn])
+
+    def take_arrived(self, conn, held) -> bool:
+        """Read what has arrived for ``conn``; True once it left the loop's hands
+        (handed to a thread, answered, or gone)."""
         try:
-            data = sock.recv(READ_SIZE)
+            data = conn.sock.recv(READ_SIZE)
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError:
             data = b""
         if not data:  # the client went away
             self.release(conn)
             self.drop(conn)
-            return
+            return True
         held.data += data
         self.held_bytes += len(data)
-        self.advance(conn, held)
+        return self.advance(conn, held)
 
     def advance(self, conn, held) -> bool:
         """Hand ``conn`` to a thread if its request is whole (or past waiting for); say if so."""
