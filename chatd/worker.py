@@ -69,6 +69,7 @@ SETUP_TICK = 0.01
 IDLE_TICK = 0.1
 # The request threads' name in the OS, so operators (and tests) can count them.
 THREAD_NAME = b"chatd-request"
+LINGER_NAME = b"chatd-linger"
 PR_SET_NAME = 15
 _libc = ctypes.CDLL(None, use_errno=True)
 # Connections accepted per wake-up of the main loop, at most (a few, so one
@@ -149,7 +150,7 @@ class SheddingMixin:
         self._shed_logged = time.monotonic()
         self.pressure = admission.pressure.start()
         ChatdConn.lingering = futures.ThreadPoolExecutor(
-            max_workers=LINGER_THREADS, thread_name_prefix="chatd-linger"
+            max_workers=LINGER_THREADS, initializer=name_thread, initargs=(LINGER_NAME,)
         )
         super().init_process()
 

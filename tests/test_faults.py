@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from chatd.worker import LINGER_THREADS
 from tests.conftest import TEST_KEYS
 from tests.live import (
     clean_env,
@@ -232,14 +233,15 @@ def worker_pid(live) -> int:
 
 
 def counts(pid: int) -> tuple[int, int]:
-    """Open fds, and threads other than the request pool's (gthread starts those lazily)."""
+    """Open fds, and threads other than the two bounded pools' (started lazily)."""
     tasks = os.listdir(f"/proc/{pid}/task")
-    pool = pool_threads(pid)
-    return len(os.listdir(f"/proc/{pid}/fd")), len(tasks) - pool
+    pools = pool_threads(pid) + pool_threads(pid, "chatd-linger")
+    return len(os.listdir(f"/proc/{pid}/fd")), len(tasks) - pools
 
 
-def pool_threads(pid: int) -> int:
-    """gunicorn's request threads (chatd.worker names them in the OS)."""
+def pool_threads(pid: int, name: str = "chatd-request") -> int:
+    """Threads of one of chatd.worker's pools (it names them in the OS): the request
+    threads by default, or the lingering closes' (``chatd-linger``)."""
     names = []
     for task in os.listdir(f"/proc/{pid}/task"):
         try:
@@ -247,7 +249,7 @@ def pool_threads(pid: int) -> int:
                 names.append(f.read())
         except OSError:
             pass  # it ended meanwhile
-    return sum(name.strip() == "chatd-request" for name in names)
+    return sum(comm.strip() == name for comm in names)
 
 
 def test_concurrent_faults_give_expected_statuses_and_leak_nothing(live, fakes):
@@ -305,3 +307,4 @@ def test_concurrent_faults_give_expected_statuses_and_leak_nothing(live, fakes):
     # The pool may have grown (it starts threads as calls need them), never past
     # `threads`; the head watchdog, started from a request thread, has its OS name too.
     assert pool_threads(pid) <= THREADS + 1
+    assert pool_threads(pid, "chatd-linger") <= LINGER_THREADS
