@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import pytest
 
@@ -218,3 +220,32 @@ def test_loading_config_does_not_import_prometheus_client():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30
     )
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_worker_connections_stay_below_the_open_files_limit(tmp_path):
+    """Each connection is a descriptor: gunicorn.conf.py raises the soft limit to
+    the hard one and keeps worker_connections below it."""
+    import resource
+    import subprocess
+    import sys
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (200, 400))
+
+    code = (
+        "import runpy, resource; g = runpy.run_path('gunicorn.conf.py');"
+        "print(g['worker_connections'], resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
+    )
+    config = write(tmp_path, "[chatd]\nthreads = 1536\n")
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        preexec_fn=low_limit,
+        env={**os.environ, "CHATD_CONFIG": str(config)},
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    connections, soft = (int(v) for v in done.stdout.split()[-2:])
+    assert soft == 400  # raised to the hard limit
+    assert connections == 400 - 256  # not 2 x 1536
