@@ -97,3 +97,25 @@ def upstream():
     """A strict HTTP mock: unmatched calls fail, and every registered call must happen."""
     with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
         yield mock
+
+
+def make_wire_adapter(adapter_class, provider: str, url: str):
+    """An adapter of ``adapter_class`` on a plain session, each limit a different value."""
+    from chatd.resilience import Policy
+    from chatd.sessions import make_session
+
+    policy = Policy(
+        timeout=5.0,
+        connect_timeout=1.0,
+        first_token_timeout=4.0,
+        idle_timeout=3.0,
+        retries=0,
+        retry_max_wait=2.0,
+        cooldown_failures=5,
+        cooldown=10.0,
+        max_in_flight=4,
+        queue_timeout=1.0,
+    )
+    return adapter_class(
+        provider, url, make_session({}, 2), policy=policy, max_response_bytes=1 << 20
+    )

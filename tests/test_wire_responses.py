@@ -15,8 +15,7 @@ import responses
 from chatd.adapters.responses import ResponsesChatAdapter
 from chatd.errors import BadRequest, UpstreamError, UpstreamRateLimited
 from chatd.neutral import ChatRequest, Event, ToolCall, ToolCallDelta, Usage
-from chatd.resilience import Policy
-from chatd.sessions import make_session
+from tests.conftest import make_wire_adapter
 
 URL = "http://responses.test/v1"
 WEATHER_TOOL = {
@@ -31,21 +30,7 @@ WEATHER_TOOL = {
 
 
 def make_adapter(url: str = URL) -> ResponsesChatAdapter:
-    policy = Policy(
-        timeout=5.0,
-        connect_timeout=1.0,
-        first_token_timeout=4.0,
-        idle_timeout=3.0,
-        retries=0,
-        retry_max_wait=2.0,
-        cooldown_failures=5,
-        cooldown=10.0,
-        max_in_flight=4,
-        queue_timeout=1.0,
-    )
-    return ResponsesChatAdapter(
-        "gpt", url, make_session({}, 2), policy=policy, max_response_bytes=1 << 20
-    )
+    return make_wire_adapter(ResponsesChatAdapter, "gpt", url)
 
 
 def request(messages, **fields) -> ChatRequest:
