@@ -63,6 +63,7 @@ DRAIN_BYTES = 256 * 1024
 # how long one may wait before it is shed: the scheduling delay chatd accepts.
 MAX_SETUPS = 4
 MAX_SETUP_WAIT = 1.0
+SET_UP_LATE = f"no call set up within {MAX_SETUP_WAIT:g} s: CPU saturated"
 SENT_GRACE = 0.01
 # While calls wait for a set-up slot, the main loop is woken this often.
 SETUP_TICK = 0.01
@@ -149,6 +150,18 @@ class SheddingMixin:
         self.shed = 0
         self._shed_logged = time.monotonic()
         self.pressure = admission.pressure.start()
+        # Here, in the worker, not at import: the master imports this module
+        # before PROMETHEUS_MULTIPROC_DIR is set, and prometheus_client picks
+        # its storage at import.
+        from prometheus_client import Counter
+
+        self.sheds = Counter(
+            "chatd_shed",
+            "Calls a worker answered 503 at its door, before the app, by why: "
+            "no_thread, saturated, set_up_wait, descriptors (accept() failed)",
+            ["why"],
+            registry=None,
+        )
         ChatdConn.lingering = futures.ThreadPoolExecutor(
             max_workers=LINGER_THREADS, initializer=name_thread, initargs=(LINGER_NAME,)
         )
@@ -210,7 +223,7 @@ class SheddingMixin:
                 if e.errno in OUT_OF_RESOURCES:
                     # Out of descriptors or buffers: the main loop must live on; the
                     # backlog keeps the connection until one closes.
-                    self._note_shed(f"cannot accept: {errno.errorcode[e.errno]}")
+                    self._note_shed(f"cannot accept: {errno.errorcode[e.errno]}", "descriptors")
                     return
                 raise
             self.nr_conns += 1
@@ -304,9 +317,9 @@ class SheddingMixin:
             if self.busy >= self.capacity:
                 self._shed(conn)
             elif self.pressure.reason and self.busy:
-                self._shed(conn, self.pressure.reason)
+                self._shed(conn, self.pressure.reason, "saturated")
             elif now - since > MAX_SETUP_WAIT:
-                self._shed(conn, f"no call set up within {MAX_SETUP_WAIT:g} s: CPU saturated")
+                self._shed(conn, SET_UP_LATE, "set_up_wait")
             else:
                 self._start(conn)
 
@@ -316,7 +329,7 @@ class SheddingMixin:
         now = time.monotonic()
         while self.waiting and now - self.waiting[0][1] > MAX_SETUP_WAIT:
             conn, _ = self.waiting.popleft()
-            self._shed(conn, f"no call set up within {MAX_SETUP_WAIT:g} s: CPU saturated")
+            self._shed(conn, SET_UP_LATE, "set_up_wait")
 
     def finish_request(self, conn, fs):
         self.busy -= 1
@@ -355,12 +368,10 @@ class SheddingMixin:
         conn.close()
         return None
 
-    def _shed(self, conn, reason: str | None = None) -> None:
-        reason = (
-            reason
-            or self.pressure.reason
-            or (f"all {self.capacity} call threads of this chatd worker are busy")
-        )
+    def _shed(self, conn, reason: str | None = None, why: str | None = None) -> None:
+        if reason is None and self.pressure.reason and self.busy < self.capacity:
+            reason, why = self.pressure.reason, "saturated"
+        reason = reason or f"all {self.capacity} call threads of this chatd worker are busy"
         sock = conn.sock
         try:
             # Never block the main loop: a whole request's socket is blocking again.
@@ -380,10 +391,13 @@ class SheddingMixin:
             pass
         self.nr_conns -= 1
         conn.close()
-        self._note_shed(reason)
+        self._note_shed(reason, why or "no_thread")
 
-    def _note_shed(self, reason: str) -> None:
-        """Count a shed; log the count at most every LOG_EVERY_SECONDS."""
+    def _note_shed(self, reason: str, why: str) -> None:
+        """Count a shed (chatd_shed_total{why}); log the count at most every LOG_EVERY_SECONDS."""
+        sheds = getattr(self, "sheds", None)
+        if sheds is not None:
+            sheds.labels(why).inc()
         self.shed += 1
         now = time.monotonic()
         if now - self._shed_logged >= LOG_EVERY_SECONDS:

@@ -215,7 +215,11 @@ def test_loading_config_does_not_import_prometheus_client():
     import subprocess
     import sys
 
-    code = "import sys, chatd.config, chatd.routing; print('prometheus_client' in sys.modules)"
+    # chatd.worker too: gunicorn's master imports the worker class before on_starting.
+    code = (
+        "import sys, chatd.config, chatd.routing, chatd.worker;"
+        "print('prometheus_client' in sys.modules)"
+    )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30
     )

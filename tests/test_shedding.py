@@ -112,3 +112,17 @@ def test_after_the_burst_chatd_serves_again(live):
         time.sleep(0.2)
     assert result["status"] == 200
     assert result["text"].endswith("data: [DONE]\n\n")
+
+
+def test_the_sheds_are_counted_in_metrics_by_why(live):
+    """The burst above was shed at the door, before the app: /metrics still says so."""
+    text = requests.get(live.url + "/metrics", timeout=5).text
+    counted = {
+        line.split('why="', 1)[1].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("chatd_shed_total{")
+    }
+    # Each shed stream, and the held body (most for want of a thread; a loaded
+    # machine may shed some as saturated instead).
+    assert sum(counted.values()) >= STREAMS - CALL_SLOTS + 1
+    assert set(counted) <= {"no_thread", "saturated", "set_up_wait", "descriptors"}
