@@ -119,3 +119,12 @@ def make_wire_adapter(adapter_class, provider: str, url: str):
     return adapter_class(
         provider, url, make_session({}, 2), policy=policy, max_response_bytes=1 << 20
     )
+
+
+def read_stream(adapter, request, upstream_model: str) -> list:
+    """Open a stream over the adapter's real transport and read all its neutral events."""
+    stream = adapter.open_stream(request, upstream_model)
+    try:
+        return list(stream)
+    finally:
+        stream.close()

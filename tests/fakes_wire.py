@@ -25,6 +25,11 @@ def sse(kind: str, data: dict) -> bytes:
     return b"event: %s\ndata: %s\n\n" % (kind.encode(), json.dumps(data).encode())
 
 
+def sse_stream(events) -> bytes:
+    """Events that each name their ``type``, as one SSE body (Anthropic's and Responses')."""
+    return b"".join(sse(event["type"], event) for event in events)
+
+
 class _ModelFake(FakeUpstream):
     content_type = "text/event-stream"
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import responses
 
 from chatd.adapters.anthropic import DEFAULT_MAX_TOKENS, AnthropicChatAdapter
 from chatd.errors import BadRequest, UpstreamError, UpstreamRateLimited
 from chatd.neutral import ChatRequest, Event, ToolCall, ToolCallDelta, Usage
-from tests.conftest import make_wire_adapter
+from tests.conftest import make_wire_adapter, read_stream
+from tests.fakes_wire import sse_stream
 
 URL = "http://anthropic.test/v1"
 WEATHER_TOOL = {
@@ -531,25 +531,8 @@ def test_an_error_event_without_a_message_raises_upstream_error():
 # -- over HTTP --------------------------------------------------------------------------
 
 
-def sse(events) -> bytes:
-    return b"".join(
-        b"event: %s\ndata: %s\n\n" % (e["type"].encode(), json.dumps(e).encode()) for e in events
-    )
-
-
-@pytest.fixture
-def upstream():
-    with responses.RequestsMock() as mock:
-        yield mock
-
-
 def stream_through(adapter, req) -> list[Event]:
-    """Open a stream over the base transport and read its neutral events."""
-    stream = adapter.open_stream(req, "claude-sonnet-4-6")
-    try:
-        return list(stream)
-    finally:
-        stream.close()
+    return read_stream(adapter, req, "claude-sonnet-4-6")
 
 
 def test_a_whole_answer_over_http(upstream):
@@ -562,7 +545,7 @@ def test_a_whole_answer_over_http(upstream):
 
 def test_a_stream_over_http_ends_at_message_stop(upstream):
     # Anything after message_stop is never read.
-    body = sse(STREAM) + b'event: junk\ndata: {"type": "content_block_delta"}\n\n'
+    body = sse_stream(STREAM) + b'event: junk\ndata: {"type": "content_block_delta"}\n\n'
     upstream.post(URL + "/messages", body=body, content_type="text/event-stream")
     events = stream_through(
         make_adapter(), request([{"role": "user", "content": "hi"}], stream=True)
@@ -572,7 +555,7 @@ def test_a_stream_over_http_ends_at_message_stop(upstream):
 
 
 def test_a_stream_cut_before_message_stop_is_an_upstream_error(upstream):
-    upstream.post(URL + "/messages", body=sse(STREAM[:-1]), content_type="text/event-stream")
+    upstream.post(URL + "/messages", body=sse_stream(STREAM[:-1]), content_type="text/event-stream")
     with pytest.raises(UpstreamError, match="broke off"):
         stream_through(make_adapter(), request([{"role": "user", "content": "hi"}], stream=True))
 
@@ -580,7 +563,7 @@ def test_a_stream_cut_before_message_stop_is_an_upstream_error(upstream):
 def test_an_in_band_error_event_is_an_upstream_error_with_its_message(upstream):
     error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
     upstream.post(
-        URL + "/messages", body=sse([*STREAM[:3], error]), content_type="text/event-stream"
+        URL + "/messages", body=sse_stream([*STREAM[:3], error]), content_type="text/event-stream"
     )
     with pytest.raises(UpstreamError, match="failed mid-stream: Overloaded"):
         stream_through(make_adapter(), request([{"role": "user", "content": "hi"}], stream=True))

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import responses
 
 from chatd.adapters.responses import ResponsesChatAdapter
 from chatd.errors import BadRequest, UpstreamError, UpstreamRateLimited
 from chatd.neutral import ChatRequest, Event, ToolCall, ToolCallDelta, Usage
-from tests.conftest import make_wire_adapter
+from tests.conftest import make_wire_adapter, read_stream
+from tests.fakes_wire import sse_stream
 
 URL = "http://responses.test/v1"
 WEATHER_TOOL = {
@@ -493,24 +493,8 @@ def test_failure_events_raise_upstream_error_with_their_message(event):
 # -- over HTTP --------------------------------------------------------------------------
 
 
-def sse(events) -> bytes:
-    return b"".join(
-        b"event: %s\ndata: %s\n\n" % (e["type"].encode(), json.dumps(e).encode()) for e in events
-    )
-
-
-@pytest.fixture
-def upstream():
-    with responses.RequestsMock() as mock:
-        yield mock
-
-
 def stream_through(adapter, req) -> list[Event]:
-    stream = adapter.open_stream(req, "gpt-5.2")
-    try:
-        return list(stream)
-    finally:
-        stream.close()
+    return read_stream(adapter, req, "gpt-5.2")
 
 
 def test_a_whole_answer_over_http(upstream):
@@ -529,7 +513,9 @@ def test_a_failed_answer_over_http_is_an_upstream_error(upstream):
 
 
 def test_a_stream_over_http_ends_at_response_completed(upstream):
-    body = sse(STREAM) + b'data: {"type": "response.output_text.delta", "delta": "never"}\n\n'
+    body = (
+        sse_stream(STREAM) + b'data: {"type": "response.output_text.delta", "delta": "never"}\n\n'
+    )
     upstream.post(URL + "/responses", body=body, content_type="text/event-stream")
     events = stream_through(
         make_adapter(), request([{"role": "user", "content": "hi"}], stream=True)
@@ -539,7 +525,9 @@ def test_a_stream_over_http_ends_at_response_completed(upstream):
 
 
 def test_a_stream_cut_before_its_end_is_an_upstream_error(upstream):
-    upstream.post(URL + "/responses", body=sse(STREAM[:-1]), content_type="text/event-stream")
+    upstream.post(
+        URL + "/responses", body=sse_stream(STREAM[:-1]), content_type="text/event-stream"
+    )
     with pytest.raises(UpstreamError, match="broke off"):
         stream_through(make_adapter(), request([{"role": "user", "content": "hi"}], stream=True))
 
@@ -550,7 +538,7 @@ def test_a_failed_stream_over_http_is_an_upstream_error(upstream):
         "response": {"status": "failed", "error": {"message": "overloaded"}},
     }
     upstream.post(
-        URL + "/responses", body=sse([*STREAM[:7], failed]), content_type="text/event-stream"
+        URL + "/responses", body=sse_stream([*STREAM[:7], failed]), content_type="text/event-stream"
     )
     with pytest.raises(UpstreamError, match="gpt failed: overloaded"):
         stream_through(make_adapter(), request([{"role": "user", "content": "hi"}], stream=True))
