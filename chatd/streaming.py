@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 
-from flask import Response
+from flask import Response, request
 
 from chatd.adapters.base import UpstreamStream
 from chatd.errors import ChatdError
@@ -21,6 +21,12 @@ from chatd.neutral import Event
 from chatd.observability import CallRecord
 
 log = logging.getLogger("chatd.streaming")
+
+# Set in the WSGI environ by chatd's worker when it can relay a stream on its
+# event loop (chatd.relay); the app answers by setting RELAYED to the call's
+# ``record.begin``, so the relay's log lines carry the request id.
+CAN_RELAY = "chatd.can_relay"
+RELAYED = "chatd.relayed"
 
 SSE = "text/event-stream"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -50,6 +56,9 @@ def stream_response(
     # Runs when gunicorn closes the response, also if the client left before
     # the generator ever ran, so no upstream connection outlives its client.
     response.call_on_close(upstream.close)
+    environ = request.environ
+    if upstream.relayable and environ.get(CAN_RELAY):
+        environ[RELAYED] = record.begin
     return response
 
 

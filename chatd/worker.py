@@ -39,6 +39,8 @@ from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 
 from chatd import admission, codec
 from chatd.dialects import anthropic, ollama
+from chatd.relay import Relay
+from chatd.streaming import CAN_RELAY, RELAYED
 
 log = logging.getLogger("chatd.worker")
 
@@ -186,7 +188,7 @@ class SheddingMixin:
                 admission.on_set_up(None)
                 self._set_up_done(conn)
 
-        set_up.__wrapped__ = app  # for gunicorn.conf.py's post_worker_init
+        set_up.__wrapped__ = getattr(app, "__wrapped__", app)  # for post_worker_init
         self.wsgi = set_up
         threading.Thread(target=self._clock, name="chatd-setup-clock", daemon=True).start()
 
@@ -233,8 +235,8 @@ class SheddingMixin:
     def enqueue_req(self, conn):
         # With nothing in flight, shedding frees nothing: the first call always runs.
         if (
-            self.busy >= self.capacity
-            or (self.pressure.reason and self.busy)
+            self.calls >= self.capacity
+            or (self.pressure.reason and self.calls)
             or self.setups >= MAX_SETUPS
             or self.waiting  # in order: no newcomer before those already waiting
         ):
@@ -243,7 +245,7 @@ class SheddingMixin:
                 return  # waiting for the request, or gone
             if line.startswith(ALWAYS_SERVED) and self.busy < self.threads:
                 self._start(conn, setup=False)
-            elif self.busy >= self.capacity or (self.pressure.reason and self.busy):
+            elif self.calls >= self.capacity or (self.pressure.reason and self.calls):
                 self._shed(conn)
             else:
                 self.waiting.append((conn, time.monotonic()))
@@ -253,8 +255,8 @@ class SheddingMixin:
     def refuse_at_head(self, conn, head: bytes) -> bool:
         """Shed a held connection as soon as its head is in, before its body is read,
         when no thread is free or the worker is saturated (health checks excepted)."""
-        full = self.busy >= self.capacity
-        if not (full or (self.pressure.reason and self.busy)) or head.startswith(ALWAYS_SERVED):
+        full = self.calls >= self.capacity
+        if not (full or (self.pressure.reason and self.calls)) or head.startswith(ALWAYS_SERVED):
             return False
         self.release(conn)
         conn.request_line = head[:PEEK_BYTES]
@@ -281,6 +283,12 @@ class SheddingMixin:
         """Calls this worker runs at once: its threads less the kept ones, at least
         one (as the dispatcher counts them: a tiny pool still serves)."""
         return max(1, self.threads - admission.RESERVED_THREADS)
+
+    @property
+    def calls(self) -> int:
+        """Calls this worker carries: on its threads, and streams on its relay."""
+        relay = getattr(self, "relay", None)
+        return self.busy + (relay.open if relay is not None else 0)
 
     @property
     def setups(self) -> int:
@@ -314,9 +322,9 @@ class SheddingMixin:
                     del self.in_setup[conn]  # waiting on the upstream, not the CPU
         while self.waiting and self.setups < MAX_SETUPS:
             conn, since = self.waiting.popleft()
-            if self.busy >= self.capacity:
+            if self.calls >= self.capacity:
                 self._shed(conn)
-            elif self.pressure.reason and self.busy:
+            elif self.pressure.reason and self.calls:
                 self._shed(conn, self.pressure.reason, "saturated")
             elif now - since > MAX_SETUP_WAIT:
                 self._shed(conn, SET_UP_LATE, "set_up_wait")
@@ -369,9 +377,9 @@ class SheddingMixin:
         return None
 
     def _shed(self, conn, reason: str | None = None, why: str | None = None) -> None:
-        if reason is None and self.pressure.reason and self.busy < self.capacity:
+        if reason is None and self.pressure.reason and self.calls < self.capacity:
             reason, why = self.pressure.reason, "saturated"
-        reason = reason or f"all {self.capacity} call threads of this chatd worker are busy"
+        reason = reason or f"all {self.capacity} call slots of this chatd worker are taken"
         sock = conn.sock
         try:
             # Never block the main loop: a whole request's socket is blocking again.
@@ -684,7 +692,103 @@ class WholeRequests:
             self.drop(conn, json_error(408, "Request Timeout", mesg))
 
 
-class ChatdWorker(WholeRequests, SheddingMixin, ThreadWorker):
+# What a request thread returns for a connection it gave to the relay.
+HANDED_TO_RELAY = object()
+
+
+class Handoff:
+    """What the worker answers gunicorn with for a stream the relay carries on.
+
+    gunicorn iterates it on the request thread: that sends the response head,
+    gives the socket and the app's body to the relay, and yields nothing, so
+    gunicorn writes nothing more (not even the last chunk: the relay does).
+    """
+
+    def __init__(self, worker, conn, body, response, begin):
+        self.worker = worker
+        self.conn = conn
+        self.body = body
+        self.response = response  # gunicorn's
+        self.begin = begin
+        self.handed = False
+
+    def __iter__(self):
+        response = self.response
+        keep = not response.should_close()
+        response.send_headers()
+        chunked, response.chunked = response.chunked, False
+        self.handed = True
+        self.worker.hand_to_relay(self.conn, self.body, chunked, keep, self.begin)
+        return iter(())
+
+    def close(self):
+        if not self.handed:  # the head could not be sent: the client left
+            close = getattr(self.body, "close", None)
+            if close is not None:
+                close()
+
+
+class StreamRelay:
+    """For a gthread ThreadWorker: streams go on in one event loop, not a thread each.
+
+    When the app answers a stream it can relay (``environ[RELAYED]`` set; see
+    :mod:`chatd.streaming`), the request thread sends the head and hands the
+    connection to this worker's :class:`~chatd.relay.Relay`, and is free. The
+    connection stays counted in ``nr_conns`` until the stream ends (so a
+    stopping worker waits for it, up to graceful_timeout); then the main loop
+    keeps it alive for the next request or closes it, as gthread would have.
+    """
+
+    def init_process(self):
+        self._relay_local = threading.local()
+        self.relay = Relay().start()
+        super().init_process()
+
+    def load_wsgi(self):
+        super().load_wsgi()
+        app = self.wsgi
+        local = self._relay_local
+
+        def relaying(environ, start_response):
+            environ[CAN_RELAY] = True
+            body = app(environ, start_response)
+            begin = environ.get(RELAYED)
+            if begin is None:
+                return body
+            return Handoff(self, local.conn, body, start_response.__self__, begin)
+
+        relaying.__wrapped__ = app
+        self.wsgi = relaying
+
+    def handle(self, conn):
+        local = self._relay_local
+        local.conn = conn
+        local.relayed = False
+        result = super().handle(conn)
+        return HANDED_TO_RELAY if local.relayed else result
+
+    def hand_to_relay(self, conn, body, chunked: bool, keep: bool, begin) -> None:
+        """(A request thread.) The relay carries ``body`` on to ``conn``."""
+        self._relay_local.relayed = True
+        self.relay.add(conn.sock, body, chunked, partial(self._relay_ended, conn, keep), begin)
+
+    def _relay_ended(self, conn, keep: bool, whole: bool) -> None:
+        """(The relay's thread.) The stream on ``conn`` ended."""
+        self.method_queue.defer(self._after_relay, conn, keep and whole)
+
+    def _after_relay(self, conn, keep: bool) -> None:
+        # gthread's own ending of a request: keep the connection alive, or close it.
+        done = futures.Future()
+        done.set_result(keep)
+        super().finish_request(conn, done)
+
+    def finish_request(self, conn, fs):
+        if not fs.cancelled() and fs.exception() is None and fs.result() is HANDED_TO_RELAY:
+            return  # the thread is free; the connection is the relay's
+        super().finish_request(conn, fs)
+
+
+class ChatdWorker(WholeRequests, SheddingMixin, StreamRelay, ThreadWorker):
     """gthread: whole requests first, then shedding at the door, and gunicorn's own
     error answers in chatd's JSON shape; named by gunicorn.conf.py.
 

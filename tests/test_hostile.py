@@ -491,7 +491,7 @@ def test_a_stream_without_newlines_is_framed_in_linear_time(app):
     adapter.max_response_bytes = 64 << 20
     piece = b"x" * 1024
     count = 8 * 1024  # 8 MiB in 1 KiB reads: quadratic copying would move ~32 GiB
-    adapter._reads = lambda response, deadline: iter([b"a\r\nb", *([piece] * count), b"\nc"])
+    adapter._stream_reads = lambda response, deadline: iter([b"a\r\nb", *([piece] * count), b"\nc"])
     started = time.process_time()
     deadline = Deadline.after(time.monotonic(), "first_token_timeout_secs", 60.0)
     lines = list(adapter._lines(None, deadline))

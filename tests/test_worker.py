@@ -123,7 +123,7 @@ def test_with_every_call_thread_busy_calls_are_shed_but_the_kept_routes_are_serv
     door.enqueue_req(call)
     door.enqueue_req(health)
     answer = call.answer()
-    assert answer.startswith(b"HTTP/1.1 503 ") and b"call threads" in answer
+    assert answer.startswith(b"HTTP/1.1 503 ") and b"call slots" in answer
     assert door.started == [health]
 
 
@@ -143,7 +143,7 @@ def test_a_shed_answer_comes_in_the_envelope_its_client_reads(door, request_line
     door.enqueue_req(call)
     body = json.loads(call.answer().split(b"\r\n\r\n", 1)[1])
     if envelope is None:  # Ollama's clients read {"error": "<text>"}
-        assert isinstance(body["error"], str) and "busy" in body["error"]
+        assert isinstance(body["error"], str) and "call slots" in body["error"]
     else:
         assert body["error"]["type"] == envelope["type"]
 

@@ -14,6 +14,7 @@ import http.client
 import itertools
 import re
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -24,8 +25,9 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 
-from chatd import admission, codec
+from chatd import admission, codec, relay
 from chatd.adapters.framing import BadEvent, StreamCut
+from chatd.adapters.httpbody import BadBody, BodyDecoder
 from chatd.errors import (
     BadRequest,
     UpstreamError,
@@ -167,6 +169,39 @@ def _set_recv_timeout(sock, seconds: float) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(whole, micros))
 
 
+def _let_go(response: requests.Response) -> None:
+    """Done with a stream's answer: its connection back to the pool when its body
+    was read to the end and nothing came after it, else closed.
+
+    A stream's format often ends (``[DONE]``, ``"done": true``) a moment before
+    its HTTP body does: what has arrived of the rest is read without waiting.
+    Reusing the connection saves the next stream a connect, and a TLS handshake.
+    """
+    decoder, sock = getattr(response, "chatd_body", (None, None))
+    try:
+        if decoder is None or getattr(response.raw._fp, "will_close", True):
+            return
+        if not decoder.done:
+            sock.setblocking(False)
+            try:
+                decoder.feed(sock.recv(READ_SIZE))
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return
+        if not decoder.done or decoder.extra:
+            return
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return
+        sock.settimeout(None)
+        _set_recv_timeout(sock, 0)
+        response.chatd_released = True  # its reader must not touch the socket again
+        response.raw._fp.close()  # http.client's answer is read: the connection is free
+        response.raw.release_conn()
+    except (OSError, ValueError, BadBody):
+        pass  # closed below
+    finally:
+        response.close()
+
+
 class UpstreamStream:
     """An open upstream stream, read as neutral events; its first event already read.
 
@@ -177,6 +212,8 @@ class UpstreamStream:
     def __init__(self, response: requests.Response, events: Iterator[Event]):
         self._response = response
         self._events = events
+        #: Read straight from its socket (httpbody), so the relay may carry it on.
+        self.relayable = getattr(response, "chatd_own_reads", False)
         self._on_close: list[Callable[[], None]] = []
         self._closed = False
 
@@ -613,6 +650,94 @@ class ChatAdapter:
                 except OSError:
                     pass
 
+    def _stream_reads(self, response: requests.Response, deadline: Callable[[], tuple]):
+        """Yield a stream's body as it comes, each read bounded by ``deadline()``.
+
+        A plain or TLS socket with a body :mod:`~chatd.adapters.httpbody` can
+        decode is read straight from the socket: blocking (with SO_RCVTIMEO, as
+        in :meth:`_reads`) on a request thread, and through the stream's
+        :meth:`relay.Relayed.recv` once the relay carries the stream on. Any
+        other body goes through urllib3 (:meth:`_reads`) and is never relayed.
+        """
+        fp = getattr(getattr(response.raw, "_fp", None), "fp", None)
+        # The socket under http.client's reader: the connection lets go of it
+        # when the answer says it will close, the reader never does.
+        sock = getattr(getattr(fp, "raw", None), "_sock", None)
+        decoder = None
+        if fp is not None and type(sock) in (socket.socket, ssl.SSLSocket):
+            decoder = BodyDecoder.for_headers(response.headers, self.max_response_bytes)
+        if decoder is None:
+            yield from self._reads(response, deadline)
+            return
+        response.chatd_own_reads = True
+        response.chatd_body = (decoder, sock)
+        # What http.client read past the head is in its buffer: take it without
+        # blocking, then read the socket itself.
+        sock.setblocking(False)
+        try:
+            leftover = fp.read1(READ_SIZE) or b""
+        except (BlockingIOError, ssl.SSLWantReadError):
+            leftover = b""
+        except (OSError, ValueError):
+            leftover = b""  # the recv below meets the same failure and names it
+        sock.settimeout(None)
+        applied = None  # SO_RCVTIMEO as last set, in seconds
+        until, name, seconds = deadline()
+        try:
+            data = leftover
+            while True:
+                if data:
+                    chunk = decoder.feed(data)
+                    if chunk:
+                        yield chunk
+                if decoder.done:
+                    return
+                until, name, seconds = deadline()
+                now = time.monotonic()
+                remaining = until - now
+                if remaining <= 0:
+                    raise self._timeout_error(name, seconds)
+                stream = relay.current()
+                if stream is not None:
+                    data = stream.recv(sock, READ_SIZE, until)
+                    if data is None:
+                        raise self._timeout_error(name, seconds)
+                else:
+                    if applied is None or abs(now + applied - until) > RECV_TIMEOUT_SLACK:
+                        _set_recv_timeout(sock, remaining)
+                        applied = remaining
+                    data = sock.recv(READ_SIZE)
+                if not data:
+                    if decoder.at_eof():
+                        return
+                    raise UpstreamError(
+                        f"{self.provider} broke off its answer (the connection closed)",
+                        retryable=True,
+                        provider=self.provider,
+                        upstream_status=response.status_code,
+                    )
+        except BadBody as e:
+            raise UpstreamError(
+                f"{self.provider} sent a broken stream: {e}",
+                provider=self.provider,
+                upstream_status=response.status_code,
+            ) from None
+        except (OSError, ValueError) as e:
+            if time.monotonic() >= until - RECV_TIMEOUT_SLACK:
+                raise self._timeout_error(name, seconds) from None
+            raise UpstreamError(
+                f"{self.provider} broke off its answer ({type(e).__name__})",
+                retryable=True,
+                provider=self.provider,
+                upstream_status=response.status_code,
+            ) from None
+        finally:
+            if applied is not None and not getattr(response, "chatd_released", False):
+                try:
+                    _set_recv_timeout(sock, 0)
+                except OSError:
+                    pass
+
     def _lines(self, response: requests.Response, deadline: Deadline) -> Iterator[bytes]:
         """Yield the stream's lines; time out when no event line comes in time.
 
@@ -629,7 +754,7 @@ class ChatAdapter:
         # A bytearray grows in place: `bytes += chunk` copies the whole buffer
         # each time, quadratic on a stream that sends no newline.
         buffer = bytearray()
-        for chunk in self._reads(response, lambda: deadline[0]):
+        for chunk in self._stream_reads(response, lambda: deadline[0]):
             size += len(chunk)
             if size > self.max_response_bytes:
                 raise UpstreamError(
@@ -656,8 +781,9 @@ class ChatAdapter:
 
     def _events(self, response: requests.Response, deadline: Deadline) -> Iterator[dict]:
         """Yield the stream's events; an in-band error, a cut or garbage raises."""
+        lines = self._lines(response, deadline)
         try:
-            for event in self.iter_events(self._lines(response, deadline)):
+            for event in self.iter_events(lines):
                 message = error_text(event)
                 if message is not None:
                     raise UpstreamError(
@@ -672,7 +798,8 @@ class ChatAdapter:
                 provider=self.provider,
             ) from None
         finally:
-            response.close()
+            lines.close()  # and with it the reads, before the connection goes
+            _let_go(response)
 
     # -- errors ----------------------------------------------------------------
 
