@@ -29,7 +29,7 @@ RESERVED_THREADS = 2
 # How often the probe wakes; its lag is how late it wakes.
 PROBE_SECONDS = 0.02
 # Lag above this sheds new calls: admitted streams would start missing their pace.
-MAX_LAG_SECONDS = 0.03
+MAX_LAG_SECONDS = 0.1
 # The lag is a moving average over about this many probes (one late wake-up
 # is noise; a run of them is saturation).
 LAG_SMOOTHING = 5

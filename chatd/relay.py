@@ -40,8 +40,11 @@ log = logging.getLogger("chatd.relay")
 CLIENT_STALL_SECS = 120.0
 # Most events taken per epoll_wait: more wait for the next round.
 MAX_EVENTS = 512
-# The loop wakes at least this often, to fire deadlines that are due.
-LONGEST_SLEEP = 1.0
+# The loop wakes at least this often, to fire deadlines that are due and to
+# measure how late it runs (``Relay.lag``).
+TICK = 0.02
+# The lag is a moving average: each tick's lateness weighs this much.
+LAG_WEIGHT = 0.2
 _READ = select.EPOLLIN
 _WRITE = select.EPOLLOUT
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError)
@@ -183,7 +186,11 @@ class Relayed(greenlet.greenlet):
             relay.streams -= 1
             with relay._lock:
                 relay.open -= 1
-            self.done(keep)
+            done, self.done = self.done, None
+            # Its timer entry may outlive it by an idle timeout: let that hold
+            # the greenlet only, not the stream's sockets, buffers and objects.
+            self.body = self.sock = self.begin = None
+            done(keep)
 
 
 class Relay:
@@ -204,6 +211,9 @@ class Relay:
         self.open = 0  # streams handed over and not ended (any thread: under _lock)
         self._lock = threading.Lock()
         self.hub: greenlet.greenlet | None = None
+        #: How late the loop comes round, smoothed: above a few ms the relay is
+        #: behind (its streams' pieces wait), whatever the cause (CPU, GIL, load).
+        self.lag = 0.0
         self._started = threading.Event()
 
     def start(self, name: str = "chatd-relay") -> Relay:
@@ -263,10 +273,15 @@ class Relay:
         poll = self.epoll.poll
         waiters = self.waiters
         wake_fd = self._wake_read
+        tick = time.monotonic() + TICK
         while True:
-            timeout = LONGEST_SLEEP
+            now = time.monotonic()
+            if now >= tick:
+                self.lag += LAG_WEIGHT * (now - tick - self.lag)
+                tick = now + TICK
+            timeout = tick - now
             if self.timers:
-                timeout = min(timeout, max(0.0, self.timers[0][0] - time.monotonic()))
+                timeout = min(timeout, max(0.0, self.timers[0][0] - now))
             try:
                 ready = poll(timeout, MAX_EVENTS)
             except InterruptedError:

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from chatd import admission
 from chatd.board import Board
 from chatd.config import Settings
 from chatd.errors import ProviderBusy, ProviderCooling
@@ -228,13 +229,17 @@ class Bulkhead:
         wait = self.queue_timeout
         if deadline is not None:
             wait = max(0.0, min(wait, deadline.remaining()))
-        if self._slots is not None and not self._slots.acquire(timeout=wait):
-            raise ProviderBusy(
-                f"provider {self.provider!r} has {self.limit} calls in flight "
-                f"(max_in_flight); none finished within {self.queue_timeout:g} s",
-                headers={"Retry-After": "1"},
-                provider=self.provider,
-            )
+        if self._slots is not None and not self._slots.acquire(blocking=False):
+            # Waiting for another call to finish costs no CPU: the worker may set
+            # up its next call meanwhile (chatd.worker lets few set up at once).
+            admission.set_up_done()
+            if not self._slots.acquire(timeout=wait):
+                raise ProviderBusy(
+                    f"provider {self.provider!r} has {self.limit} calls in flight "
+                    f"(max_in_flight); none finished within {self.queue_timeout:g} s",
+                    headers={"Retry-After": "1"},
+                    provider=self.provider,
+                )
         with self._lock:
             self.in_flight += 1
         if self._gauge is not None:

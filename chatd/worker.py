@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import gc
 import logging
 import re
 import selectors
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -63,10 +65,18 @@ PEEK_BYTES = 64
 DRAIN_BYTES = 256 * 1024
 # Calls in set-up at once per worker (the rest wait their turn, in order), and
 # how long one may wait before it is shed: the scheduling delay chatd accepts.
-MAX_SETUPS = 4
-MAX_SETUP_WAIT = 1.0
+MAX_SETUPS = 1
+MAX_SETUP_WAIT = 3.0
 SET_UP_LATE = f"no call set up within {MAX_SETUP_WAIT:g} s: CPU saturated"
 SENT_GRACE = 0.01
+# Seconds a thread may hold the GIL while another waits (sys.setswitchinterval).
+SWITCH_INTERVAL = 0.001
+# gc thresholds (generation 0 allocations, then collections of the one below):
+# Python's are (700, 10, 10).
+GC_THRESHOLDS = (10_000, 20, 100)
+# A relay this late in serving its streams' sockets sheds new calls: each
+# call's set-up takes the CPU from the pieces of the streams already open.
+RELAY_MAX_LAG = 0.05
 # While calls wait for a set-up slot, the main loop is woken this often.
 SETUP_TICK = 0.01
 IDLE_TICK = 0.1
@@ -236,7 +246,7 @@ class SheddingMixin:
         # With nothing in flight, shedding frees nothing: the first call always runs.
         if (
             self.calls >= self.capacity
-            or (self.pressure.reason and self.calls)
+            or (self.overload and self.calls)
             or self.setups >= MAX_SETUPS
             or self.waiting  # in order: no newcomer before those already waiting
         ):
@@ -245,7 +255,7 @@ class SheddingMixin:
                 return  # waiting for the request, or gone
             if line.startswith(ALWAYS_SERVED) and self.busy < self.threads:
                 self._start(conn, setup=False)
-            elif self.calls >= self.capacity or (self.pressure.reason and self.calls):
+            elif self.calls >= self.capacity or (self.overload and self.calls):
                 self._shed(conn)
             else:
                 self.waiting.append((conn, time.monotonic()))
@@ -256,7 +266,7 @@ class SheddingMixin:
         """Shed a held connection as soon as its head is in, before its body is read,
         when no thread is free or the worker is saturated (health checks excepted)."""
         full = self.calls >= self.capacity
-        if not (full or (self.pressure.reason and self.calls)) or head.startswith(ALWAYS_SERVED):
+        if not (full or (self.overload and self.calls)) or head.startswith(ALWAYS_SERVED):
             return False
         self.release(conn)
         conn.request_line = head[:PEEK_BYTES]
@@ -283,6 +293,15 @@ class SheddingMixin:
         """Calls this worker runs at once: its threads less the kept ones, at least
         one (as the dispatcher counts them: a tiny pool still serves)."""
         return max(1, self.threads - admission.RESERVED_THREADS)
+
+    @property
+    def overload(self) -> str | None:
+        """Why this worker takes no more calls now (None: it can): the CPU, fds or
+        memory ran out (chatd.admission), or its relay runs behind its streams."""
+        relay = getattr(self, "relay", None)
+        if relay is not None and relay.lag > RELAY_MAX_LAG:
+            return f"streams relayed late (relay lag {relay.lag * 1000:.0f} ms)"
+        return self.pressure.reason
 
     @property
     def calls(self) -> int:
@@ -324,8 +343,8 @@ class SheddingMixin:
             conn, since = self.waiting.popleft()
             if self.calls >= self.capacity:
                 self._shed(conn)
-            elif self.pressure.reason and self.calls:
-                self._shed(conn, self.pressure.reason, "saturated")
+            elif self.overload and self.calls:
+                self._shed(conn, self.overload, "saturated")
             elif now - since > MAX_SETUP_WAIT:
                 self._shed(conn, SET_UP_LATE, "set_up_wait")
             else:
@@ -377,8 +396,8 @@ class SheddingMixin:
         return None
 
     def _shed(self, conn, reason: str | None = None, why: str | None = None) -> None:
-        if reason is None and self.pressure.reason and self.calls < self.capacity:
-            reason, why = self.pressure.reason, "saturated"
+        if reason is None and self.overload and self.calls < self.capacity:
+            reason, why = self.overload, "saturated"
         reason = reason or f"all {self.capacity} call slots of this chatd worker are taken"
         sock = conn.sock
         try:
@@ -801,4 +820,17 @@ class ChatdWorker(WholeRequests, SheddingMixin, StreamRelay, ThreadWorker):
         # This process is a chatd worker: its server errors are JSON. Replaced
         # here, not at import, because the master imports this module too.
         util.write_error = write_json_error
+        # The relay's thread gives up the GIL at each send and recv; a set-up
+        # thread that takes it then keeps it for the whole switch interval
+        # (5 ms by default), while every open stream's pieces wait.
+        sys.setswitchinterval(SWITCH_INTERVAL)
         super().init_process()
+
+    def load_wsgi(self):
+        super().load_wsgi()
+        # What the app built at start-up lives as long as the worker: out of
+        # the collector's sight. And full collections rarer: one walks every
+        # open stream's objects, and at a thousand streams it held the GIL
+        # for 90-150 ms, a gap in every stream (make bench --streams).
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)

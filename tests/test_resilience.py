@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from chatd import admission
 from chatd.board import Board
 from chatd.errors import ProviderBusy, ProviderCooling
 from chatd.resilience import (
@@ -164,6 +165,22 @@ def test_bulkhead_limits_and_sheds_after_the_queue_timeout():
     threading.Timer(0.05, bulkhead.release).start()
     bulkhead.acquire()  # a slot freed while waiting
     assert bulkhead.in_flight == 2
+
+
+def test_a_call_waiting_for_a_bulkhead_slot_gives_up_its_set_up_slot():
+    """The worker lets few calls set up at once; one that waits on max_in_flight
+    costs no CPU and must not keep the others waiting (chatd.worker)."""
+    said = []
+    bulkhead = Bulkhead("p", limit=1, queue_timeout=0.1)
+    admission.on_set_up(lambda stream: said.append(stream))
+    try:
+        bulkhead.acquire()  # a slot was free: still in set-up
+        assert said == []
+        with pytest.raises(ProviderBusy):
+            bulkhead.acquire()  # waits: says so first
+        assert said == [False]
+    finally:
+        admission.on_set_up(None)
 
 
 def test_an_unlimited_bulkhead_only_counts():
