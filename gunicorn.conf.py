@@ -1,8 +1,8 @@
 """gunicorn settings for chatd.
 
 chatd is I/O-bound: each call waits seconds to minutes on an upstream model,
-so it runs few processes with many threads (gthread), one thread per call in
-flight. Values come from chatd's own config ($CHATD_CONFIG, default
+so it runs few processes with many threads (gthread), one thread per whole
+call in flight, and one event loop per worker relaying the open streams. Values come from chatd's own config ($CHATD_CONFIG, default
 config/chatd.toml) so there is one place to set them; gunicorn's command-line
 flags still win (the tests pass --bind 127.0.0.1:<free port>).
 
@@ -75,10 +75,13 @@ backlog = 2048
 #       Retry-After at the door when no thread is free or the CPU, fds or memory
 #       ran out (chatd/admission.py), instead of queueing calls no thread will
 #       reach for minutes; gives each thread a 512 KiB stack instead of 8 MiB;
+#       hands each stream, once set up, to its relay (chatd/relay.py);
 #       and answers gunicorn's own 400/414/431 in chatd's JSON error body.
 #
-#   threads - Calls in flight per worker: [chatd] threads (default 1536). Each
-#       upstream call or open stream holds one thread for its whole length.
+#   threads - Calls in flight per worker: [chatd] threads (default 1536). A
+#       whole upstream call holds one thread for its whole length; a stream
+#       holds one for its set-up, then the worker's relay carries it on
+#       (chatd/relay.py) and it counts against `threads` without a thread.
 #       Size it to the whole concurrency you expect, not that divided by
 #       workers: each worker accepts for itself, and at 50 ms upstream latency
 #       one worker took all 96 of 96 connections (README, "Performance").

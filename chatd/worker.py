@@ -1,6 +1,6 @@
-"""chatd.worker ~~~ gunicorn's gthread worker: whole requests, shedding at the door, JSON errors.
+"""chatd.worker ~~~ gthread: whole requests, shedding at the door, relayed streams, JSON errors.
 
-Three changes to gthread, each its own piece, put together in :class:`ChatdWorker`:
+Four changes to gthread, each its own piece, put together in :class:`ChatdWorker`:
 
 - :class:`WholeRequests`: gthread hands a connection to a thread as soon as it
   is readable, and that thread then blocks reading a head or body the client
@@ -15,6 +15,9 @@ Three changes to gthread, each its own piece, put together in :class:`ChatdWorke
   ``Retry-After`` from the main loop, without a thread: as soon as its head is
   in (before its body is read) for a held connection; health checks still get
   the kept threads. At most MAX_SETUPS calls per worker are in set-up at once.
+- :class:`StreamRelay`: a stream, once set up, goes on in the worker's relay
+  (:mod:`chatd.relay`), one event loop for all its open streams, and its
+  thread is free.
 - gunicorn answers a request it cannot parse itself, as an HTML page; here
   those answers carry chatd's JSON error body (:func:`write_json_error`).
 """
@@ -808,8 +811,8 @@ class StreamRelay:
 
 
 class ChatdWorker(WholeRequests, SheddingMixin, StreamRelay, ThreadWorker):
-    """gthread: whole requests first, then shedding at the door, and gunicorn's own
-    error answers in chatd's JSON shape; named by gunicorn.conf.py.
+    """gthread: whole requests first, then shedding at the door, streams relayed,
+    and gunicorn's own error answers in chatd's JSON shape; named by gunicorn.conf.py.
 
     The order matters: a request is held until whole (a slow client holds no
     thread and no set-up slot), shed from its head when nothing can serve it,

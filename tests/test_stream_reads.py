@@ -307,6 +307,50 @@ def test_a_body_that_ends_later_than_its_stream_is_not_waited_for(certificate):
         assert server.connections == 2
 
 
+def test_broken_chunk_framing_ends_the_stream_with_an_upstream_error(certificate):
+    class Broken(StreamServer):
+        def _send(self, sock, lines):
+            sock.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n+5\r\nhello\r\n"
+                % (len(lines[0]), lines[0])
+            )
+            time.sleep(0.5)
+
+    with Broken() as server:
+        adapter = adapter_for(server, certificate)
+        # Whatever of it arrived with the first event, the error is the same.
+        with pytest.raises(UpstreamError, match="broken stream: a chunk size is not a hex"):
+            stream = adapter.open_stream(chat_request(), "m")
+            try:
+                text_of(stream)
+            finally:
+                stream.close()
+
+
+def test_a_gzip_bomb_stream_is_cut_at_max_response_bytes(certificate):
+    """1 MiB is the test adapter's max_response_bytes; 64 MiB of zeros gzip to
+    about 64 KiB. The reader stops inflating one byte past the limit."""
+
+    class Bomb(StreamServer):
+        def _send(self, sock, lines):
+            bomb = gzip.compress(lines[0] + b"\0" * (64 << 20))
+            sock.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+                b"Content-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (len(bomb), bomb)
+            )
+
+    with Bomb() as server:
+        adapter = adapter_for(server, certificate)
+        # Whatever of it arrived with the first event, the error is the same.
+        with pytest.raises(UpstreamError, match="longer than max_response_bytes"):
+            stream = adapter.open_stream(chat_request(), "m")
+            try:
+                text_of(stream)
+            finally:
+                stream.close()
+
+
 def test_gzip_server_sanity():
     # The test's own gzip framing decodes with the standard library.
     pack = zlib.compressobj(wbits=31)

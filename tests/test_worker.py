@@ -170,6 +170,47 @@ def test_while_the_cpu_is_saturated_new_calls_are_shed_at_once(door):
     assert door.started == []
 
 
+def test_streams_on_the_relay_count_as_calls_at_the_door(door):
+    """A relayed stream holds no thread, but it is a call this worker carries:
+    with the threads' calls and the relay's streams at capacity, the next is shed."""
+    door.relay = SimpleNamespace(open=THREADS - 3, lag=0.0)
+    door.busy = 1
+    call = Conn()
+    door.enqueue_req(call)
+    assert call.answer().startswith(b"HTTP/1.1 503 ")
+    assert door.started == []
+    door.relay.open -= 1  # one stream ended
+    second = Conn()
+    door.enqueue_req(second)
+    assert door.started == [second]
+
+
+def test_a_relay_running_late_sheds_new_calls(door):
+    door.relay = SimpleNamespace(open=5, lag=chatd_worker.RELAY_MAX_LAG * 1.5)
+    conn = Conn()
+    door.enqueue_req(conn)
+    answer = conn.answer()
+    assert answer.startswith(b"HTTP/1.1 503 ") and b"streams relayed late" in answer
+    assert b"\r\nRetry-After: 1\r\n" in answer
+    door.relay.lag = chatd_worker.RELAY_MAX_LAG / 2
+    again = Conn()
+    door.enqueue_req(again)
+    assert door.started == [again]
+
+
+def test_the_admission_numbers_are_the_ones_the_readme_states():
+    """README, "Resilience" and "Streaming", state these numbers; the tests
+    above use the constants, this pins the constants to the text."""
+    from chatd import admission, relay
+
+    assert MAX_SETUPS == 1 and MAX_SETUP_WAIT == 3.0
+    assert admission.MAX_LAG_SECONDS == 0.1 and admission.PROBE_SECONDS == 0.02
+    assert chatd_worker.RELAY_MAX_LAG == 0.05 and relay.TICK == 0.02
+    assert relay.CLIENT_STALL_SECS == 120.0
+    assert chatd_worker.SWITCH_INTERVAL == 0.001
+    assert chatd_worker.GC_THRESHOLDS == (10_000, 20, 100)
+
+
 def test_a_whole_calls_slot_frees_as_its_upstream_call_goes_out(door):
     conns = [Conn() for _ in range(MAX_SETUPS + 1)]
     for conn in conns:
@@ -237,3 +278,19 @@ def test_an_answered_expect_is_taken_out_of_the_head_so_gunicorn_sends_no_second
     head, stripped
 ):
     assert chatd_worker.strip_expect(head) == stripped
+
+
+def test_a_worker_freezes_its_start_up_objects_and_collects_fully_less_often(monkeypatch):
+    import gc
+
+    monkeypatch.setattr(SheddingMixin, "load_wsgi", lambda self: None)
+    before = gc.get_threshold()
+    try:
+        chatd_worker.ChatdWorker.load_wsgi(
+            chatd_worker.ChatdWorker.__new__(chatd_worker.ChatdWorker)
+        )
+        assert gc.get_threshold() == chatd_worker.GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
