@@ -2,9 +2,10 @@
 
 chatd is I/O-bound: each call waits seconds to minutes on an upstream model,
 so it runs few processes with many threads (gthread), one thread per whole
-call in flight, and one event loop per worker relaying the open streams. Values come from chatd's own config ($CHATD_CONFIG, default
-config/chatd.toml) so there is one place to set them; gunicorn's command-line
-flags still win (the tests pass --bind 127.0.0.1:<free port>).
+call in flight, and one event loop per worker relaying the open streams.
+Values come from chatd's own config ($CHATD_CONFIG, default config/chatd.toml)
+so there is one place to set them; gunicorn's command-line flags still win
+(the tests pass --bind 127.0.0.1:<free port>).
 
 Run with `chatd --config PATH`, or `CHATD_CONFIG=PATH gunicorn -c gunicorn.conf.py`.
 """
