@@ -132,3 +132,17 @@ def test_bodies_it_cannot_read_are_left_to_urllib3(headers):
 def test_header_names_and_values_are_matched_without_case():
     decoder = BodyDecoder.for_headers({"transfer-encoding": "Chunked", "content-encoding": "GZIP"})
     assert decoder is not None and decoder.chunked
+
+
+def test_whole_chunks_one_per_read_are_taken_as_they_come():
+    decoder = BodyDecoder(chunked=True, length=None)
+    assert decoder.feed(b"5\r\nHello\r\n") == b"Hello"
+    assert decoder.feed(b"3;x=y\r\n, t\r\n") == b", t"
+    assert decoder.feed(b"0\r\n\r\n") == b"" and decoder.done and not decoder.extra
+
+
+def test_a_whole_looking_chunk_that_does_not_end_in_crlf_is_refused():
+    decoder = BodyDecoder(chunked=True, length=None)
+    with pytest.raises(BadBody):
+        decoder.feed(b"5\r\nHelloXY")  # as long as a whole chunk, but no CRLF at its end
+        decoder.feed(b"\r\n")

@@ -762,10 +762,14 @@ class ChatAdapter:
                     f"({self.max_response_bytes} bytes)",
                     provider=self.provider,
                 )
-            buffer += chunk
             if b"\n" not in chunk:
+                buffer += chunk
                 continue
-            *lines, rest = bytes(buffer).split(b"\n")
+            if buffer:
+                buffer += chunk
+                chunk = bytes(buffer)
+            # Usually a whole event or few: split the read itself, not a copy.
+            *lines, rest = chunk.split(b"\n")
             buffer = bytearray(rest)
             for line in lines:
                 line = line.rstrip(b"\r")

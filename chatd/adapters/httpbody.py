@@ -92,6 +92,15 @@ class BodyDecoder:
 
     def _dechunk(self, data: bytes) -> bytes:
         buffer = self._buffer
+        if not buffer and self._state == _SIZE:
+            # The usual read: exactly one whole chunk (a streamed piece).
+            end = data.find(b"\n", 0, MAX_LINE + 1)
+            if end > 0:
+                size = data[:end].rstrip(b"\r").split(b";", 1)[0].strip()
+                if _HEX.fullmatch(size):
+                    start, left = end + 1, int(size, 16)
+                    if left and len(data) == start + left + 2 and data.endswith(b"\r\n"):
+                        return data[start : start + left]
         buffer += data
         out = []
         pos = 0
