@@ -190,7 +190,10 @@ class Relayed(greenlet.greenlet):
             # Its timer entry may outlive it by an idle timeout: let that hold
             # the greenlet only, not the stream's sockets, buffers and objects.
             self.body = self.sock = self.begin = None
-            done(keep)
+            try:
+                done(keep)
+            except Exception:
+                log.exception("ending a relayed stream failed")
 
 
 class Relay:
@@ -214,18 +217,26 @@ class Relay:
         #: How late the loop comes round, smoothed: above a few ms the relay is
         #: behind (its streams' pieces wait), whatever the cause (CPU, GIL, load).
         self.lag = 0.0
+        self.dead = False
+        #: Called (on the relay's thread) if the relay itself fails.
+        self.on_death: Callable[[], None] | None = None
         self._started = threading.Event()
 
     def start(self, name: str = "chatd-relay") -> Relay:
-        threading.Thread(target=self._run, name=name, daemon=True).start()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
         self._started.wait()
         return self
 
-    def add(self, sock, body: Iterable[bytes], chunked: bool, done, begin=None) -> None:
+    def add(
+        self, sock, body: Iterable[bytes], chunked: bool, done, begin=None, counted=False
+    ) -> None:
         """Relay ``body`` to ``sock`` (any thread); ``done(keep)`` runs on the relay's
-        thread when it ends, ``keep`` true when the stream ended whole."""
-        with self._lock:
-            self.open += 1
+        thread when it ends, ``keep`` true when the stream ended whole.
+        ``counted``: the caller counted it in ``open`` already."""
+        if not counted:
+            with self._lock:
+                self.open += 1
         self.incoming.append((sock, body, chunked, done, begin))
         try:
             os.write(self._wake_write, b"\0")
@@ -270,6 +281,17 @@ class Relay:
     def _run(self) -> None:
         self.hub = greenlet.getcurrent()
         self._started.set()
+        try:
+            self._loop()
+        except BaseException:
+            # Every later stream would hang after its head: say so, and let the
+            # worker be replaced rather than serve on with a dead relay.
+            self.dead = True
+            log.exception("the stream relay stopped")
+            if self.on_death is not None:
+                self.on_death()
+
+    def _loop(self) -> None:
         poll = self.epoll.poll
         waiters = self.waiters
         wake_fd = self._wake_read
@@ -295,15 +317,30 @@ class Relay:
                     self._resume(stream, True)
                 elif fd in self.events:
                     # Ready while nobody waits on it (its stream waits on the
-                    # other socket): quiet until it is waited on again.
-                    self.watch(fd, 0)
+                    # other socket): out of the epoll until it is waited on
+                    # again. Not just quieted: an error or hang-up is reported
+                    # whatever events are asked for.
+                    self._unwatch(fd)
             if self.timers:
                 self._fire_timers()
 
-    def _resume(self, stream: Relayed, ready: bool) -> None:
+    def _unwatch(self, fd: int) -> None:
+        self.events.pop(fd, None)
+        try:
+            self.epoll.unregister(fd)
+        except OSError:
+            pass
+
+    def _resume(self, stream: Relayed, *ready: bool) -> None:
+        """Run ``stream`` until it waits or ends (``ready``: what its wait returns;
+        none for its start)."""
         if stream.begin is not None:
             stream.begin()  # the stream's request id, for its log lines
-        stream.switch(ready)
+        try:
+            stream.switch(*ready)
+        except Exception:
+            # The greenlet catches its own failures; this is a bug in that.
+            log.exception("a relayed stream failed")
 
     def _take_incoming(self) -> None:
         try:
@@ -315,9 +352,7 @@ class Relay:
             sock, body, chunked, done, begin = self.incoming.popleft()
             self.streams += 1
             stream = Relayed(self, sock, body, chunked, done, begin)
-            if begin is not None:
-                begin()
-            stream.switch()
+            self._resume(stream)
 
     def _fire_timers(self) -> None:
         timers = self.timers

@@ -302,8 +302,11 @@ class SheddingMixin:
         """Why this worker takes no more calls now (None: it can): the CPU, fds or
         memory ran out (chatd.admission), or its relay runs behind its streams."""
         relay = getattr(self, "relay", None)
-        if relay is not None and relay.lag > RELAY_MAX_LAG:
-            return f"streams relayed late (relay lag {relay.lag * 1000:.0f} ms)"
+        if relay is not None:
+            if relay.dead:
+                return "this worker's stream relay stopped: it is being replaced"
+            if relay.lag > RELAY_MAX_LAG:
+                return f"streams relayed late (relay lag {relay.lag * 1000:.0f} ms)"
         return self.pressure.reason
 
     @property
@@ -722,8 +725,9 @@ class Handoff:
     """What the worker answers gunicorn with for a stream the relay carries on.
 
     gunicorn iterates it on the request thread: that sends the response head,
-    gives the socket and the app's body to the relay, and yields nothing, so
-    gunicorn writes nothing more (not even the last chunk: the relay does).
+    notes the stream on its connection, and yields nothing, so gunicorn writes
+    nothing more (not even the last chunk: the relay does). The relay gets the
+    stream from the main loop once the thread is done with the connection.
     """
 
     def __init__(self, worker, conn, body, response, begin):
@@ -740,7 +744,7 @@ class Handoff:
         response.send_headers()
         chunked, response.chunked = response.chunked, False
         self.handed = True
-        self.worker.hand_to_relay(self.conn, self.body, chunked, keep, self.begin)
+        self.worker.hand_to_relay(self.conn, (self.body, chunked, keep, self.begin))
         return iter(())
 
     def close(self):
@@ -754,30 +758,38 @@ class StreamRelay:
     """For a gthread ThreadWorker: streams go on in one event loop, not a thread each.
 
     When the app answers a stream it can relay (``environ[RELAYED]`` set; see
-    :mod:`chatd.streaming`), the request thread sends the head and hands the
-    connection to this worker's :class:`~chatd.relay.Relay`, and is free. The
-    connection stays counted in ``nr_conns`` until the stream ends (so a
-    stopping worker waits for it, up to graceful_timeout); then the main loop
-    keeps it alive for the next request or closes it, as gthread would have.
+    :mod:`chatd.streaming`), the request thread sends the head and notes the
+    stream on its connection; when the thread has finished with it, the main
+    loop gives the connection to this worker's :class:`~chatd.relay.Relay`
+    (never while the thread may still touch the socket). The connection stays
+    counted in ``nr_conns`` until the stream ends (so a stopping worker waits
+    for it, up to graceful_timeout); then the main loop keeps it alive for the
+    next request or closes it, as gthread would have.
     """
 
     def init_process(self):
         self._relay_local = threading.local()
-        self.relay = Relay().start()
+        self.relay = Relay()
+        self.relay.on_death = self._relay_died
+        self.relay.start()
         super().init_process()
 
     def load_wsgi(self):
         super().load_wsgi()
         app = self.wsgi
         local = self._relay_local
+        # TLS and HTTP/2 connections are not relayed (the relay writes HTTP/1.x
+        # chunks to a plain socket); gunicorn serves them on their thread.
+        relayable = not self.cfg.is_ssl
 
         def relaying(environ, start_response):
-            environ[CAN_RELAY] = True
+            conn = local.conn
+            environ[CAN_RELAY] = relayable and not getattr(conn, "is_http2", False)
             body = app(environ, start_response)
             begin = environ.get(RELAYED)
             if begin is None:
                 return body
-            return Handoff(self, local.conn, body, start_response.__self__, begin)
+            return Handoff(self, conn, body, start_response.__self__, begin)
 
         relaying.__wrapped__ = app
         self.wsgi = relaying
@@ -785,14 +797,34 @@ class StreamRelay:
     def handle(self, conn):
         local = self._relay_local
         local.conn = conn
-        local.relayed = False
+        conn.relay_job = None
         result = super().handle(conn)
-        return HANDED_TO_RELAY if local.relayed else result
+        return HANDED_TO_RELAY if conn.relay_job is not None else result
 
-    def hand_to_relay(self, conn, body, chunked: bool, keep: bool, begin) -> None:
-        """(A request thread.) The relay carries ``body`` on to ``conn``."""
-        self._relay_local.relayed = True
-        self.relay.add(conn.sock, body, chunked, partial(self._relay_ended, conn, keep), begin)
+    def hand_to_relay(self, conn, job) -> None:
+        """(A request thread.) ``conn``'s stream goes to the relay once the thread is done."""
+        conn.relay_job = job
+        with self.relay._lock:
+            self.relay.open += 1  # counted at the door from now
+
+    def finish_request(self, conn, fs):
+        job = getattr(conn, "relay_job", None)
+        if job is not None:
+            conn.relay_job = None
+            body, chunked, keep, begin = job
+            if not fs.cancelled() and fs.exception() is None:
+                # (Main loop.) The thread is done with the connection: the relay's now.
+                done = partial(self._relay_ended, conn, keep)
+                self.relay.add(conn.sock, body, chunked, done, begin, counted=True)
+                return
+            # The thread failed after the head went out: the stream ends here.
+            with self.relay._lock:
+                self.relay.open -= 1
+            try:
+                body.close()
+            except Exception:
+                log.exception("closing a stream that was not relayed failed")
+        super().finish_request(conn, fs)
 
     def _relay_ended(self, conn, keep: bool, whole: bool) -> None:
         """(The relay's thread.) The stream on ``conn`` ended."""
@@ -804,10 +836,9 @@ class StreamRelay:
         done.set_result(keep)
         super().finish_request(conn, done)
 
-    def finish_request(self, conn, fs):
-        if not fs.cancelled() and fs.exception() is None and fs.result() is HANDED_TO_RELAY:
-            return  # the thread is free; the connection is the relay's
-        super().finish_request(conn, fs)
+    def _relay_died(self) -> None:
+        """(The relay's thread, as it ends.) Stop: gunicorn starts a new worker."""
+        self.alive = False
 
 
 class ChatdWorker(WholeRequests, SheddingMixin, StreamRelay, ThreadWorker):

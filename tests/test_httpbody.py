@@ -146,3 +146,16 @@ def test_a_whole_looking_chunk_that_does_not_end_in_crlf_is_refused():
     with pytest.raises(BadBody):
         decoder.feed(b"5\r\nHelloXY")  # as long as a whole chunk, but no CRLF at its end
         decoder.feed(b"\r\n")
+
+
+def test_raw_deflate_without_its_zlib_header_is_inflated():
+    pack = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    raw = pack.compress(b"hello raw") + pack.flush()
+    decoder = BodyDecoder.for_headers({"content-encoding": "deflate"})
+    assert decoder.feed(raw[:3]) + decoder.feed(raw[3:]) == b"hello raw"
+
+
+def test_every_member_of_a_multi_member_gzip_body_is_inflated():
+    body = gzip.compress(b"member one|") + gzip.compress(b"member two")
+    decoder = BodyDecoder.for_headers({"content-encoding": "gzip"})
+    assert feed_split(decoder, body, [7, 30]) == b"member one|member two"

@@ -204,6 +204,46 @@ def test_a_failing_body_ends_the_stream_without_taking_the_relay_down(relay, pai
     assert ended2.event.wait(WAIT)
 
 
+def thread_cpu_seconds(thread: threading.Thread) -> float:
+    fields = Path(f"/proc/self/task/{thread.native_id}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_client_gone_while_its_stream_waits_on_the_upstream_costs_no_cpu(relay, pairs):
+    """The client's socket was watched for writing once (a big piece), then the
+    client hangs up while the stream waits for its upstream: epoll reports the
+    hang-up whatever it is asked for, and the relay must not spin on it."""
+    upstream_here, upstream_there = pairs()
+    client_here, client_there = pairs()
+    client_here.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    ended = Ended()
+    relay.add(client_here, upstream_body(upstream_here, 30, []), False, ended)
+    big = b"x" * (1 << 20)
+    sender = threading.Thread(target=upstream_there.sendall, args=(big,), daemon=True)
+    sender.start()  # the relay passes it on only as fast as the client reads
+    client_there.settimeout(WAIT)
+    received = 0
+    while received < len(big):
+        received += len(client_there.recv(1 << 20))
+    sender.join(WAIT)
+    client_there.close()  # hangs up while the stream waits on its upstream
+    time.sleep(0.1)
+    before = thread_cpu_seconds(relay.thread)
+    time.sleep(1.0)
+    assert thread_cpu_seconds(relay.thread) - before < 0.3
+    upstream_there.close()
+    assert ended.event.wait(WAIT)
+
+
+def test_a_relay_that_fails_says_so_and_stops_its_worker(relay):
+    died = threading.Event()
+    relay.on_death = died.set
+    relay.incoming.append(("not", "a stream"))  # a bug in the relay itself
+    os.write(relay._wake_write, b"\0")
+    assert died.wait(WAIT)
+    assert relay.dead
+
+
 # -- under gunicorn ------------------------------------------------------------------
 
 PIECES = ["a", "b", "c", "d", "e"]

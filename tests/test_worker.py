@@ -173,7 +173,7 @@ def test_while_the_cpu_is_saturated_new_calls_are_shed_at_once(door):
 def test_streams_on_the_relay_count_as_calls_at_the_door(door):
     """A relayed stream holds no thread, but it is a call this worker carries:
     with the threads' calls and the relay's streams at capacity, the next is shed."""
-    door.relay = SimpleNamespace(open=THREADS - 3, lag=0.0)
+    door.relay = SimpleNamespace(open=THREADS - 3, lag=0.0, dead=False)
     door.busy = 1
     call = Conn()
     door.enqueue_req(call)
@@ -186,7 +186,7 @@ def test_streams_on_the_relay_count_as_calls_at_the_door(door):
 
 
 def test_a_relay_running_late_sheds_new_calls(door):
-    door.relay = SimpleNamespace(open=5, lag=chatd_worker.RELAY_MAX_LAG * 1.5)
+    door.relay = SimpleNamespace(open=5, lag=chatd_worker.RELAY_MAX_LAG * 1.5, dead=False)
     conn = Conn()
     door.enqueue_req(conn)
     answer = conn.answer()
@@ -196,6 +196,16 @@ def test_a_relay_running_late_sheds_new_calls(door):
     again = Conn()
     door.enqueue_req(again)
     assert door.started == [again]
+
+
+def test_a_worker_whose_relay_failed_sheds_every_call_and_stops(door):
+    door.relay = SimpleNamespace(open=0, lag=0.0, dead=True)
+    door.busy = 1
+    conn = Conn()
+    door.enqueue_req(conn)
+    assert b"stream relay stopped" in conn.answer()
+    chatd_worker.StreamRelay._relay_died(door)
+    assert door.alive is False
 
 
 def test_the_admission_numbers_are_the_ones_the_readme_states():
@@ -294,3 +304,29 @@ def test_a_worker_freezes_its_start_up_objects_and_collects_fully_less_often(mon
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+@pytest.mark.parametrize(
+    "is_ssl, is_http2, relayed",
+    [(False, False, True), (True, False, False), (False, True, False)],
+)
+def test_only_plain_http1_connections_are_offered_the_relay(monkeypatch, is_ssl, is_http2, relayed):
+    """The relay writes HTTP/1.x chunks to a plain socket: a TLS or HTTP/2
+    connection's stream stays on its thread."""
+    from chatd.streaming import CAN_RELAY
+
+    seen = {}
+
+    def app(environ, start_response):
+        seen["can_relay"] = environ[CAN_RELAY]
+        return [b"whole"]
+
+    monkeypatch.setattr(ThreadWorker, "load_wsgi", lambda self: None)
+    w = chatd_worker.ChatdWorker.__new__(chatd_worker.ChatdWorker)
+    w.cfg = SimpleNamespace(is_ssl=is_ssl)
+    w._relay_local = threading.local()
+    w._relay_local.conn = SimpleNamespace(is_http2=is_http2)
+    w.wsgi = app
+    chatd_worker.StreamRelay.load_wsgi(w)
+    assert w.wsgi({}, lambda *a: None) == [b"whole"]
+    assert seen["can_relay"] is relayed

@@ -46,6 +46,7 @@ class BodyDecoder:
         self._state = _SIZE
         self._buffer = bytearray()
         self._inflate = None
+        self._inflated = False  # any output yet: before it, raw deflate is still possible
         if coding in ("gzip", "x-gzip", "deflate"):
             # wbits 32 + 15: a gzip or zlib header, whichever comes.
             self._inflate = zlib.decompressobj(32 + zlib.MAX_WBITS)
@@ -142,9 +143,24 @@ class BodyDecoder:
     def _decoded(self, data: bytes) -> bytes:
         if self._inflate is None or not data:
             return data
-        try:
-            out = self._inflate.decompress(data, max(self._room, 1))
-        except zlib.error:
-            raise BadBody("the body's gzip or deflate coding is broken") from None
-        self._room -= len(out)
-        return out
+        out = []
+        while data and self._room > 0:
+            inflate = self._inflate
+            try:
+                piece = inflate.decompress(data, self._room)
+            except zlib.error:
+                if self._inflated:
+                    raise BadBody("the body's gzip or deflate coding is broken") from None
+                # "deflate" sent raw, without its zlib header (as urllib3 allows).
+                self._inflate = zlib.decompressobj(-zlib.MAX_WBITS)
+                self._inflated = True
+                continue
+            self._inflated = True
+            self._room -= len(piece)
+            out.append(piece)
+            data = b""
+            if inflate.eof and inflate.unused_data:
+                # A gzip body may be several members, one after another.
+                data = inflate.unused_data
+                self._inflate = zlib.decompressobj(32 + zlib.MAX_WBITS)
+        return b"".join(out)
