@@ -73,7 +73,7 @@ backlog = 2048
 #       would be killed because it cannot heartbeat (gunicorn #1440). chatd's
 #       subclass (chatd/worker.py) keeps a connection in its event loop until
 #       its request is whole (slow clients hold no thread), answers 503 +
-#       Retry-After at the door when no thread is free or the CPU, fds or memory
+#       Retry-After at the door when no call slot is free or the CPU, fds or memory
 #       ran out (chatd/admission.py), instead of queueing calls no thread will
 #       reach for minutes; gives each thread a 512 KiB stack instead of 8 MiB;
 #       hands each stream, once set up, to its relay (chatd/relay.py);

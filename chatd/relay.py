@@ -121,7 +121,6 @@ class Relayed(greenlet.greenlet):
         self.out.clear()
         view = memoryview(data)
         sock = self.sock
-        stall = time.monotonic() + CLIENT_STALL_SECS
         while view:
             try:
                 view = view[sock.send(view) :]
@@ -130,7 +129,8 @@ class Relayed(greenlet.greenlet):
                 pass
             except OSError:
                 raise ClientGone() from None
-            if not self.wait(sock.fileno(), _WRITE, stall):
+            # CLIENT_STALL_SECS from now: any progress starts it again.
+            if not self.wait(sock.fileno(), _WRITE, time.monotonic() + CLIENT_STALL_SECS):
                 raise ClientGone()
 
     def wait(self, fd: int, events: int, until: float | None) -> bool:

@@ -10,7 +10,7 @@ Four changes to gthread, each its own piece, put together in :class:`ChatdWorker
   replayed to gunicorn's parser. A client that takes longer than
   ``head_timeout_secs`` for its head or ``body_timeout_secs`` for its body gets
   a JSON 408 and is closed.
-- :class:`SheddingMixin`: when no thread is free or :mod:`chatd.admission` says
+- :class:`SheddingMixin`: when no call slot is free or :mod:`chatd.admission` says
   the CPU, descriptors or memory ran out, a call is answered 503 with
   ``Retry-After`` from the main loop, without a thread: as soon as its head is
   in (before its body is read) for a held connection; health checks still get
@@ -249,7 +249,7 @@ class SheddingMixin:
         # With nothing in flight, shedding frees nothing: the first call always runs.
         if (
             self.calls >= self.capacity
-            or (self.overload and self.calls)
+            or self.saturated
             or self.setups >= MAX_SETUPS
             or self.waiting  # in order: no newcomer before those already waiting
         ):
@@ -258,7 +258,7 @@ class SheddingMixin:
                 return  # waiting for the request, or gone
             if line.startswith(ALWAYS_SERVED) and self.busy < self.threads:
                 self._start(conn, setup=False)
-            elif self.calls >= self.capacity or (self.overload and self.calls):
+            elif self.calls >= self.capacity or self.saturated:
                 self._shed(conn)
             else:
                 self.waiting.append((conn, time.monotonic()))
@@ -267,9 +267,9 @@ class SheddingMixin:
 
     def refuse_at_head(self, conn, head: bytes) -> bool:
         """Shed a held connection as soon as its head is in, before its body is read,
-        when no thread is free or the worker is saturated (health checks excepted)."""
+        when no call slot is free or the worker is saturated (health checks excepted)."""
         full = self.calls >= self.capacity
-        if not (full or (self.overload and self.calls)) or head.startswith(ALWAYS_SERVED):
+        if not (full or self.saturated) or head.startswith(ALWAYS_SERVED):
             return False
         self.release(conn)
         conn.request_line = head[:PEEK_BYTES]
@@ -308,6 +308,15 @@ class SheddingMixin:
             if relay.lag > RELAY_MAX_LAG:
                 return f"streams relayed late (relay lag {relay.lag * 1000:.0f} ms)"
         return self.pressure.reason
+
+    @property
+    def saturated(self) -> bool:
+        """Shed for ``overload``: with nothing in flight, shedding frees nothing and
+        the first call always runs, unless the relay is dead."""
+        if not self.overload:
+            return False
+        relay = getattr(self, "relay", None)
+        return bool(self.calls) or (relay is not None and relay.dead)
 
     @property
     def calls(self) -> int:
@@ -349,7 +358,7 @@ class SheddingMixin:
             conn, since = self.waiting.popleft()
             if self.calls >= self.capacity:
                 self._shed(conn)
-            elif self.overload and self.calls:
+            elif self.saturated:
                 self._shed(conn, self.overload, "saturated")
             elif now - since > MAX_SETUP_WAIT:
                 self._shed(conn, SET_UP_LATE, "set_up_wait")

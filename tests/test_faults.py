@@ -301,8 +301,10 @@ def test_concurrent_faults_give_expected_statuses_and_leak_nothing(live, fakes):
         if fds <= fds_before and threads <= threads_before:
             break
         time.sleep(0.2)
-    # Pooled keep-alive connections may differ by a few from the warm-up's.
-    assert fds <= fds_before + 4, (fds_before, fds)
+    # Pooled keep-alive connections may outnumber the warm-up's, up to the load's
+    # 16 at once (the pools keep what they opened); a leak would be per call,
+    # hundreds over these 300.
+    assert fds <= fds_before + 16, (fds_before, fds)
     assert threads <= threads_before, (threads_before, threads)
     # The pool may have grown (it starts threads as calls need them), never past
     # `threads`; the head watchdog, started from a request thread, has its OS name too.

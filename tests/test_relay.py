@@ -21,6 +21,7 @@ import requests
 
 from chatd import relay as relay_module
 from chatd.relay import Relay
+from chatd.worker import RELAY_MAX_LAG
 from tests.conftest import TEST_KEYS
 from tests.fakes import FakeOllama
 from tests.live import clean_env, run_chatd, write_config
@@ -182,6 +183,72 @@ def test_a_client_that_reads_nothing_is_let_go_at_the_stall_limit(relay, pairs, 
             break  # chatd hung up on the upstream
     assert ended.event.wait(WAIT)
     assert ended.whole == [False] and "closed" in log
+
+
+def test_a_client_that_reads_slowly_but_steadily_is_not_let_go(relay, pairs, monkeypatch):
+    """The stall limit counts from the client's last progress, not from the
+    start of a write: a big piece read a little at a time still goes through."""
+    monkeypatch.setattr(relay_module, "CLIENT_STALL_SECS", 0.5)
+    client_here, client_there = pairs()
+    client_here.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    ended = Ended()
+    big = b"y" * (1 << 20)
+    relay.add(client_here, iter([big]), False, ended)
+    client_there.settimeout(WAIT)
+    received, started = 0, time.monotonic()
+    while received < len(big) and time.monotonic() - started < 30:
+        received += len(client_there.recv(64 * 1024))
+        time.sleep(0.2)  # slower than the whole piece could go, faster than the limit
+    assert received == len(big)
+    assert ended.event.wait(WAIT) and ended.whole == [True]
+    assert time.monotonic() - started > 0.5  # longer than the limit, in all
+
+
+class CountingSocket:
+    """A socket whose sends are recorded."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.sent: list[bytes] = []
+
+    def send(self, data):
+        n = self.sock.send(data)
+        self.sent.append(bytes(data[:n]))
+        return n
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+def test_pieces_that_arrived_together_leave_in_one_write(relay, pairs):
+    upstream_here, upstream_there = pairs()
+    client_here, client_there = pairs()
+    counting = CountingSocket(client_here)
+
+    def body():
+        for data in upstream_body(upstream_here, 5, []):
+            yield from data.split(b"|")  # one read, several pieces
+
+    ended = Ended()
+    relay.add(counting, body(), False, ended)
+    upstream_there.sendall(b"one|two|three")
+    assert read_until(client_there, b"three") == b"onetwothree"
+    upstream_there.close()
+    assert ended.event.wait(WAIT)
+    assert counting.sent[0] == b"onetwothree"
+
+
+def test_the_relay_measures_how_late_it_runs(relay, pairs):
+    def hog():
+        time.sleep(0.4)  # the relay's thread, held: every stream would wait
+        yield b"done"
+
+    client_here, client_there = pairs()
+    ended = Ended()
+    relay.add(client_here, hog(), False, ended)
+    assert ended.event.wait(WAIT)
+    assert relay.lag > RELAY_MAX_LAG
+    wait_for(lambda: relay.lag < RELAY_MAX_LAG / 5, what="the lag to fall back")
 
 
 def test_a_failing_body_ends_the_stream_without_taking_the_relay_down(relay, pairs):
@@ -373,6 +440,21 @@ def test_a_client_that_leaves_mid_stream_hangs_up_on_the_upstream(live, upstream
         wait_for(lambda: "stream=client_gone" in live.log_text(), what="the access line")
     finally:
         upstream.behave()
+
+
+@pytest.mark.parametrize("failure", ["cut_after", "error_after"])
+def test_an_upstream_failing_mid_stream_ends_the_relayed_stream_with_an_error_event(
+    live, upstream, failure
+):
+    upstream.behave("ok", pieces=["a", "b", "c"], interval=0.2, **{failure: 1})
+    try:
+        response = requests.post(live.url + "/chat", json=BODY, timeout=WAIT)
+    finally:
+        upstream.behave()
+    assert response.status_code == 200
+    assert response.text.startswith("data: ")  # the first piece went out
+    assert "event: error" in response.text and "upstream_error" in response.text
+    assert "data: [DONE]" not in response.text
 
 
 def test_a_stalled_upstream_ends_the_relayed_stream_at_idle_timeout(live, upstream):

@@ -291,6 +291,38 @@ def test_a_stream_read_to_its_end_gives_its_connection_back(certificate, tls, co
         assert server.connections == 1
 
 
+def test_a_stream_relayed_to_its_end_gives_its_connection_back(certificate):
+    """As under gunicorn: the first event on this thread, the rest on the relay's
+    (a non-blocking socket), then the connection back to the pool, usable."""
+    relay = Relay().start(name="test-relay")
+    with StreamServer(certificate, keep_alive=True) as server:
+        adapter = adapter_for(server, certificate)
+        for _ in range(3):
+            stream = adapter.open_stream(chat_request(), "m")
+            client_here, client_there = socket.socketpair()
+            ended = threading.Event()
+
+            def body(stream=stream):
+                try:
+                    for event in stream:
+                        yield event.content.encode()
+                finally:
+                    stream.close()
+
+            relay.add(client_here, body(), False, lambda whole, ended=ended: ended.set())
+            client_there.settimeout(WAIT)
+            received = b""
+            while not received.endswith(b" there"):
+                piece = client_there.recv(1 << 20)
+                assert piece
+                received += piece
+            assert ended.wait(WAIT)
+            client_here.close()
+            client_there.close()
+            assert received.decode() == "".join(PIECES)
+        assert server.connections == 1
+
+
 def test_a_body_that_ends_later_than_its_stream_is_not_waited_for(certificate):
     """The format's end is in; the body's end comes 1 s later: the stream ends
     now, and its connection is closed rather than waited on for reuse."""
@@ -307,25 +339,25 @@ def test_a_body_that_ends_later_than_its_stream_is_not_waited_for(certificate):
         assert server.connections == 2
 
 
-def test_broken_chunk_framing_ends_the_stream_with_an_upstream_error(certificate):
+def test_broken_chunk_framing_mid_stream_ends_the_stream_with_an_upstream_error(certificate):
     class Broken(StreamServer):
         def _send(self, sock, lines):
             sock.sendall(
                 b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
-                b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n+5\r\nhello\r\n"
-                % (len(lines[0]), lines[0])
+                b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n" % (len(lines[0]), lines[0])
             )
+            time.sleep(0.3)  # the stream has begun: the first event is out
+            sock.sendall(b"+5\r\nhello\r\n")
             time.sleep(0.5)
 
     with Broken() as server:
         adapter = adapter_for(server, certificate)
-        # Whatever of it arrived with the first event, the error is the same.
-        with pytest.raises(UpstreamError, match="broken stream: a chunk size is not a hex"):
-            stream = adapter.open_stream(chat_request(), "m")
-            try:
+        stream = adapter.open_stream(chat_request(), "m")
+        try:
+            with pytest.raises(UpstreamError, match="broken stream: a chunk size is not a hex"):
                 text_of(stream)
-            finally:
-                stream.close()
+        finally:
+            stream.close()
 
 
 def test_a_gzip_bomb_stream_is_cut_at_max_response_bytes(certificate):

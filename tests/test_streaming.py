@@ -290,3 +290,25 @@ def test_v1_aliases(live):
     assert response.status_code == 200
     assert response.json()["provider"] == "ollama"
     assert "ollama" in requests.get(live.url + "/v1/chat/providers", timeout=10).json()["providers"]
+
+
+def test_a_stream_read_by_urllib3_is_never_offered_to_the_relay(app):
+    """Its reads block: on the relay they would stall every stream of the worker."""
+    from chatd.observability import CallRecord
+    from chatd.streaming import CAN_RELAY, RELAYED, stream_response
+
+    class Upstream:
+        relayable = False
+
+        def close(self):
+            pass
+
+    with app.test_request_context("/chat", method="POST", environ_base={CAN_RELAY: True}):
+        from flask import request
+
+        record = CallRecord("r", "POST", "/chat", "-")
+        stream_response(iter([b"x"]), Upstream(), record, lambda body: b"")
+        assert RELAYED not in request.environ
+        Upstream.relayable = True
+        stream_response(iter([b"x"]), Upstream(), record, lambda body: b"")
+        assert RELAYED in request.environ

@@ -200,7 +200,7 @@ def test_a_relay_running_late_sheds_new_calls(door):
 
 def test_a_worker_whose_relay_failed_sheds_every_call_and_stops(door):
     door.relay = SimpleNamespace(open=0, lag=0.0, dead=True)
-    door.busy = 1
+    door.busy = 0  # even the first call: its stream would hang on a dead relay
     conn = Conn()
     door.enqueue_req(conn)
     assert b"stream relay stopped" in conn.answer()
@@ -330,3 +330,17 @@ def test_only_plain_http1_connections_are_offered_the_relay(monkeypatch, is_ssl,
     chatd_worker.StreamRelay.load_wsgi(w)
     assert w.wsgi({}, lambda *a: None) == [b"whole"]
     assert seen["can_relay"] is relayed
+
+
+def test_a_worker_sets_its_gil_switch_interval(monkeypatch):
+    import sys
+
+    monkeypatch.setattr(chatd_worker.WholeRequests, "init_process", lambda self: None)
+    before = sys.getswitchinterval()
+    try:
+        chatd_worker.ChatdWorker.init_process(
+            chatd_worker.ChatdWorker.__new__(chatd_worker.ChatdWorker)
+        )
+        assert sys.getswitchinterval() == pytest.approx(chatd_worker.SWITCH_INTERVAL)
+    finally:
+        sys.setswitchinterval(before)
