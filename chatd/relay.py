@@ -35,6 +35,14 @@ import greenlet
 
 log = logging.getLogger("chatd.relay")
 
+# Set in the WSGI environ by chatd's worker when it can relay a stream on its
+# event loop; the app (chatd.streaming) answers by setting RELAYED to the
+# call's ``record.begin``, so the relay's log lines carry the request id. Here,
+# not in chatd.streaming: gunicorn's master imports the worker, and with it
+# this module, and should not import Flask and requests for two names.
+CAN_RELAY = "chatd.can_relay"
+RELAYED = "chatd.relayed"
+
 # A client that reads nothing of its stream for this long is let go (its
 # socket buffer full): on a thread it would hold the thread forever.
 CLIENT_STALL_SECS = 120.0

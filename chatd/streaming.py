@@ -19,14 +19,10 @@ from chatd.adapters.base import UpstreamStream
 from chatd.errors import ChatdError
 from chatd.neutral import Event
 from chatd.observability import CallRecord
+from chatd.relay import CAN_RELAY, RELAYED
 
 log = logging.getLogger("chatd.streaming")
 
-# Set in the WSGI environ by chatd's worker when it can relay a stream on its
-# event loop (chatd.relay); the app answers by setting RELAYED to the call's
-# ``record.begin``, so the relay's log lines carry the request id.
-CAN_RELAY = "chatd.can_relay"
-RELAYED = "chatd.relayed"
 
 SSE = "text/event-stream"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

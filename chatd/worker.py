@@ -44,8 +44,7 @@ from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 
 from chatd import admission, codec
 from chatd.dialects import anthropic, ollama
-from chatd.relay import Relay
-from chatd.streaming import CAN_RELAY, RELAYED
+from chatd.relay import CAN_RELAY, RELAYED, Relay
 
 log = logging.getLogger("chatd.worker")
 

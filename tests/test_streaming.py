@@ -295,7 +295,8 @@ def test_v1_aliases(live):
 def test_a_stream_read_by_urllib3_is_never_offered_to_the_relay(app):
     """Its reads block: on the relay they would stall every stream of the worker."""
     from chatd.observability import CallRecord
-    from chatd.streaming import CAN_RELAY, RELAYED, stream_response
+    from chatd.relay import CAN_RELAY, RELAYED
+    from chatd.streaming import stream_response
 
     class Upstream:
         relayable = False

@@ -313,7 +313,7 @@ def test_a_worker_freezes_its_start_up_objects_and_collects_fully_less_often(mon
 def test_only_plain_http1_connections_are_offered_the_relay(monkeypatch, is_ssl, is_http2, relayed):
     """The relay writes HTTP/1.x chunks to a plain socket: a TLS or HTTP/2
     connection's stream stays on its thread."""
-    from chatd.streaming import CAN_RELAY
+    from chatd.relay import CAN_RELAY
 
     seen = {}
 
@@ -344,3 +344,14 @@ def test_a_worker_sets_its_gil_switch_interval(monkeypatch):
         assert sys.getswitchinterval() == pytest.approx(chatd_worker.SWITCH_INTERVAL)
     finally:
         sys.setswitchinterval(before)
+
+
+def test_the_worker_module_keeps_requests_out_of_gunicorns_master():
+    """gunicorn's master imports the worker class: it should not pay for the
+    HTTP client it never uses (~15 MiB of RSS when it did)."""
+    import subprocess
+    import sys
+
+    code = "import sys, chatd.worker; print('requests' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
