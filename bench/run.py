@@ -313,14 +313,14 @@ def start_nginx(procs: Processes, tmp: Path, nginx: str) -> tuple[subprocess.Pop
 
 
 def start_upstream(
-    procs: Processes, tmp: Path, gap_ms: float = GAP_MS
+    procs: Processes, tmp: Path, gap_ms: float = GAP_MS, pieces: int = PIECES
 ) -> tuple[subprocess.Popen, int, list]:
     port = free_port()
     command = [
         sys.executable,
         str(BENCH / "upstream.py"),
         *("--port", str(port), "--delay-ms", str(SLOW_MS)),
-        *("--pieces", str(PIECES), "--gap-ms", str(gap_ms)),
+        *("--pieces", str(pieces), "--gap-ms", str(gap_ms)),
     ]
     log = tmp / f"upstream-{port}.log"
     process = procs.start("upstream.py", command, cpu=LOAD_CPU, log=log)
@@ -675,7 +675,15 @@ class PeakRss:
 
 
 def stream_cell(
-    port: int, path: str, body: bytes, n: int, *, sse: bool, pid: int, idle_rss: float = 0.0
+    port: int,
+    path: str,
+    body: bytes,
+    n: int,
+    *,
+    sse: bool,
+    pid: int,
+    idle_rss: float = 0.0,
+    pieces: int = PIECES,
 ) -> dict:
     """Open ``n`` streams at once against one server; its CPU and memory while they ran."""
     before = procfs.Snapshot.take()
@@ -686,7 +694,7 @@ def stream_cell(
             )
         )
     after = procfs.Snapshot.take()
-    cell = stream_load.summarize(results, PIECES)
+    cell = stream_load.summarize(results, pieces)
     cpu = after.tree_cpu(pid) - before.tree_cpu(pid)
     cell.update(
         cpu_s=cpu,
@@ -707,7 +715,8 @@ def stream_benchmark(procs: Processes, tmp: Path, tools: dict, args, levels) -> 
     """The concurrent-streams mode: each N against the upstream direct, then chatd."""
     started = time.monotonic()
     machine = machine_info(tools)
-    upstream, port, upstream_command = start_upstream(procs, tmp, STREAM_GAP_MS)
+    pieces = args.stream_pieces
+    upstream, port, upstream_command = start_upstream(procs, tmp, STREAM_GAP_MS, pieces)
     config = write_chatd_config(tmp, port, port, args)
     settings = load_settings(str(config), environ=chatd_env(config))
     chatd, chatd_port, chatd_log, chatd_command = start_chatd(procs, tmp, config, settings)
@@ -722,7 +731,7 @@ def stream_benchmark(procs: Processes, tmp: Path, tools: dict, args, levels) -> 
                 "127.0.0.1", chatd_port, "/chat", chatd_body, 8, sse=True, timeout=30
             )
         )[0],
-        PIECES,
+        pieces,
     )
     if warm["completed"] != 8:
         raise RuntimeError(f"chatd did not stream: {warm}\n{tail(chatd_log)}")
@@ -731,12 +740,21 @@ def stream_benchmark(procs: Processes, tmp: Path, tools: dict, args, levels) -> 
     rows = []
     for n in levels:
         progress(f"streams: {n} at once, upstream direct ...")
-        direct = stream_cell(port, "/api/chat", direct_body, n, sse=False, pid=upstream.pid)
+        direct = stream_cell(
+            port, "/api/chat", direct_body, n, sse=False, pid=upstream.pid, pieces=pieces
+        )
         direct.pop("rss_kib_per_stream")  # the upstream's idle RSS was not taken
         time.sleep(STREAM_SETTLE_SECONDS)
         progress(f"streams: {n} at once, through chatd ...")
         through = stream_cell(
-            chatd_port, "/chat", chatd_body, n, sse=True, pid=chatd.pid, idle_rss=idle_rss
+            chatd_port,
+            "/chat",
+            chatd_body,
+            n,
+            sse=True,
+            pid=chatd.pid,
+            idle_rss=idle_rss,
+            pieces=pieces,
         )
         through["chatd_log"] = log.read_new()
         rows.append({"streams": n, "direct": direct, "chatd": through})
@@ -758,7 +776,7 @@ def stream_benchmark(procs: Processes, tmp: Path, tools: dict, args, levels) -> 
             "chatd": chatd_command,
             "chatd_config": config.read_text(),
         },
-        "stream": {"pieces": PIECES, "gap_ms": STREAM_GAP_MS, "deadline_s": STREAM_DEADLINE},
+        "stream": {"pieces": pieces, "gap_ms": STREAM_GAP_MS, "deadline_s": STREAM_DEADLINE},
         "idle_rss_mib": idle_rss,
         "rows": rows,
         "chatd_log_problems": report.distinct_problems(log.problems),
@@ -935,6 +953,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         f"{','.join(map(str, QUICK_STREAM_LEVELS))})",
     )
     parser.add_argument(
+        "--stream-pieces",
+        type=int,
+        default=PIECES,
+        help="pieces per stream in the concurrent-streams mode (default: %(default)s); "
+        "runs at 2 and at 20 split a stream's set-up cost from its cost per piece",
+    )
+    parser.add_argument(
         "--targets", help=f"comma-separated target keys, of: {', '.join(TARGET)} (default: all)"
     )
     args = parser.parse_args(argv)
@@ -943,6 +968,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--{name} must be at least 1")
     if args.streams and not all(1 <= n <= stream_load.MAX_STREAMS for n in args.streams):
         parser.error(f"--streams must be 1 to {stream_load.MAX_STREAMS}")
+    if not 2 <= args.stream_pieces <= 1000:
+        parser.error("--stream-pieces must be 2 to 1000")
     if not args.connections or min(args.connections) < 1:
         parser.error("--connections must be positive numbers")
     unknown = set(args.targets.split(",")) - set(TARGET) if args.targets else set()

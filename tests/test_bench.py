@@ -229,3 +229,26 @@ def test_costs_are_cpu_over_pieces_and_memory_over_admitted_streams():
     assert costs["rss_kib_per_stream"] == pytest.approx(256)  # 50 MiB / 200 streams
     nothing = stream_load.costs({"pieces": 0}, 0.1, 100.0, 100.0, 0)
     assert nothing == {"cpu_us_per_piece": 100_000, "rss_kib_per_stream": 0}
+
+
+def test_stream_pieces_set_how_many_pieces_the_upstream_streams(tmp_path, monkeypatch):
+    """--stream-pieces reaches the upstream's command line, and is bounded."""
+    import run
+
+    assert run.parse_args(["--streams", "400"]).stream_pieces == run.PIECES
+    assert run.parse_args(["--streams", "400", "--stream-pieces", "2"]).stream_pieces == 2
+    with pytest.raises(SystemExit):
+        run.parse_args(["--stream-pieces", "1"])
+
+    class Procs:
+        def start(self, name, command, cpu, log):
+            self.command = command
+            return None
+
+        def pinned(self, cpu, command):
+            return command
+
+    procs = Procs()
+    monkeypatch.setattr(run, "wait_for_port", lambda *args: None)
+    run.start_upstream(procs, tmp_path, run.STREAM_GAP_MS, pieces=2)
+    assert procs.command[procs.command.index("--pieces") + 1] == "2"
