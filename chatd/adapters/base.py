@@ -202,6 +202,23 @@ def _let_go(response: requests.Response) -> None:
         response.close()
 
 
+def _follow_deadline(sock, now: float, until: float, applied: float | None) -> float:
+    """SO_RCVTIMEO set to what is left until ``until`` when it drifted from it by more
+    than RECV_TIMEOUT_SLACK; return the timeout now applied."""
+    if applied is None or abs(now + applied - until) > RECV_TIMEOUT_SLACK:
+        applied = until - now
+        _set_recv_timeout(sock, applied)
+    return applied
+
+
+def _clear_recv_timeout(sock) -> None:
+    """No timeout left behind: the connection may go back to the pool."""
+    try:
+        _set_recv_timeout(sock, 0)
+    except OSError:
+        pass
+
+
 class UpstreamStream:
     """An open upstream stream, read as neutral events; its first event already read.
 
@@ -619,11 +636,8 @@ class ChatAdapter:
                 remaining = until - now
                 if remaining <= 0:
                     raise self._timeout_error(name, seconds)
-                if sock is not None and (
-                    applied is None or abs(now + applied - until) > RECV_TIMEOUT_SLACK
-                ):
-                    _set_recv_timeout(sock, remaining)
-                    applied = remaining
+                if sock is not None:
+                    applied = _follow_deadline(sock, now, until, applied)
                 chunk = response.raw.read1(READ_SIZE, decode_content=True)
                 if not chunk:
                     if applied is not None and time.monotonic() >= until - RECV_TIMEOUT_SLACK:
@@ -634,21 +648,10 @@ class ChatAdapter:
             until, name, seconds = deadline()
             raise self._timeout_error(name, seconds) from None
         except (OSError, ValueError, http.client.HTTPException, urllib3.exceptions.HTTPError) as e:
-            if time.monotonic() >= until - RECV_TIMEOUT_SLACK:
-                raise self._timeout_error(name, seconds) from None
-            raise UpstreamError(
-                f"{self.provider} broke off its answer ({type(e).__name__})",
-                retryable=True,
-                provider=self.provider,
-                upstream_status=response.status_code,
-            ) from None
+            raise self._read_failed(e, response, until, name, seconds) from None
         finally:
             if applied is not None:
-                try:
-                    # The connection may go back to the pool: no timeout left behind.
-                    _set_recv_timeout(sock, 0)
-                except OSError:
-                    pass
+                _clear_recv_timeout(sock)
 
     def _stream_reads(self, response: requests.Response, deadline: Callable[[], tuple]):
         """Yield a stream's body as it comes, each read bounded by ``deadline()``.
@@ -703,19 +706,12 @@ class ChatAdapter:
                     if data is None:
                         raise self._timeout_error(name, seconds)
                 else:
-                    if applied is None or abs(now + applied - until) > RECV_TIMEOUT_SLACK:
-                        _set_recv_timeout(sock, remaining)
-                        applied = remaining
+                    applied = _follow_deadline(sock, now, until, applied)
                     data = sock.recv(READ_SIZE)
                 if not data:
                     if decoder.at_eof():
                         return
-                    raise UpstreamError(
-                        f"{self.provider} broke off its answer (the connection closed)",
-                        retryable=True,
-                        provider=self.provider,
-                        upstream_status=response.status_code,
-                    )
+                    raise self._broke_off(response, "the connection closed")
         except BadBody as e:
             raise UpstreamError(
                 f"{self.provider} sent a broken stream: {e}",
@@ -723,20 +719,24 @@ class ChatAdapter:
                 upstream_status=response.status_code,
             ) from None
         except (OSError, ValueError) as e:
-            if time.monotonic() >= until - RECV_TIMEOUT_SLACK:
-                raise self._timeout_error(name, seconds) from None
-            raise UpstreamError(
-                f"{self.provider} broke off its answer ({type(e).__name__})",
-                retryable=True,
-                provider=self.provider,
-                upstream_status=response.status_code,
-            ) from None
+            raise self._read_failed(e, response, until, name, seconds) from None
         finally:
             if applied is not None and not getattr(response, "chatd_released", False):
-                try:
-                    _set_recv_timeout(sock, 0)
-                except OSError:
-                    pass
+                _clear_recv_timeout(sock)
+
+    def _broke_off(self, response: requests.Response, why: str) -> UpstreamError:
+        return UpstreamError(
+            f"{self.provider} broke off its answer ({why})",
+            retryable=True,
+            provider=self.provider,
+            upstream_status=response.status_code,
+        )
+
+    def _read_failed(self, error, response, until: float, name: str, seconds: float):
+        """A read that failed: at its deadline the timeout, before it a broken answer."""
+        if time.monotonic() >= until - RECV_TIMEOUT_SLACK:
+            return self._timeout_error(name, seconds)
+        return self._broke_off(response, type(error).__name__)
 
     def _lines(self, response: requests.Response, deadline: Deadline) -> Iterator[bytes]:
         """Yield the stream's lines; time out when no event line comes in time.
