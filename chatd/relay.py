@@ -192,8 +192,7 @@ class Relayed(greenlet.greenlet):
                 log.exception("closing a relayed stream failed")
             relay = self.relay
             relay.streams -= 1
-            with relay._lock:
-                relay.open -= 1
+            relay.count(-1)
             done, self.done = self.done, None
             # Its timer entry may outlive it by an idle timeout: let that hold
             # the greenlet only, not the stream's sockets, buffers and objects.
@@ -243,13 +242,17 @@ class Relay:
         thread when it ends, ``keep`` true when the stream ended whole.
         ``counted``: the caller counted it in ``open`` already."""
         if not counted:
-            with self._lock:
-                self.open += 1
+            self.count(1)
         self.incoming.append((sock, body, chunked, done, begin))
         try:
             os.write(self._wake_write, b"\0")
         except BlockingIOError:
             pass  # the loop is already due to wake
+
+    def count(self, change: int) -> None:
+        """(Any thread.) A stream more (1) or fewer (-1) in ``open``."""
+        with self._lock:
+            self.open += change
 
     # -- the relay thread only ------------------------------------------------
 

@@ -812,8 +812,7 @@ class StreamRelay:
     def hand_to_relay(self, conn, job) -> None:
         """(A request thread.) ``conn``'s stream goes to the relay once the thread is done."""
         conn.relay_job = job
-        with self.relay._lock:
-            self.relay.open += 1  # counted at the door from now
+        self.relay.count(1)  # counted at the door from now
 
     def finish_request(self, conn, fs):
         job = getattr(conn, "relay_job", None)
@@ -826,8 +825,7 @@ class StreamRelay:
                 self.relay.add(conn.sock, body, chunked, done, begin, counted=True)
                 return
             # The thread failed after the head went out: the stream ends here.
-            with self.relay._lock:
-                self.relay.open -= 1
+            self.relay.count(-1)
             try:
                 body.close()
             except Exception:
