@@ -371,6 +371,18 @@ def contents(text: str) -> str:
     )
 
 
+def open_chat(live, version: bytes = b"HTTP/1.1") -> socket.socket:
+    """A raw connection to chatd that has sent one streaming /chat request."""
+    port = int(live.url.rsplit(":", 1)[1])
+    body = requests.models.complexjson.dumps(BODY).encode()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    sock.sendall(
+        b"POST /chat %s\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (version, len(body), body)
+    )
+    return sock
+
+
 def test_open_streams_hold_no_request_thread(live, paced):
     """Twelve streams open at once; the worker's request threads are far fewer
     (a thread per stream would be twelve)."""
@@ -394,13 +406,7 @@ def test_open_streams_hold_no_request_thread(live, paced):
 
 
 def test_a_connection_is_kept_alive_after_a_relayed_stream(live, paced):
-    port = int(live.url.rsplit(":", 1)[1])
-    body = requests.models.complexjson.dumps(BODY).encode()
-    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
-        sock.sendall(
-            b"POST /chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-        )
+    with open_chat(live) as sock:
         answer = read_until(sock, b"\r\n0\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 200 ") and b"Transfer-Encoding: chunked" in answer
         assert b"data: [DONE]" in answer and answer.endswith(b"\r\n0\r\n\r\n")
@@ -410,13 +416,7 @@ def test_a_connection_is_kept_alive_after_a_relayed_stream(live, paced):
 
 
 def test_an_http10_client_gets_the_stream_unframed_then_the_close(live, paced):
-    port = int(live.url.rsplit(":", 1)[1])
-    body = requests.models.complexjson.dumps(BODY).encode()
-    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
-        sock.sendall(
-            b"POST /chat HTTP/1.0\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-        )
+    with open_chat(live, b"HTTP/1.0") as sock:
         answer = read_until(sock, b"never sent")  # to the server's close
     head, _, text = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.0 200 ") and b"chunked" not in head.lower()
@@ -428,13 +428,7 @@ def test_a_client_that_leaves_mid_stream_hangs_up_on_the_upstream(live, upstream
     upstream.behave("ok", pieces=[str(i) for i in range(30)], interval=0.2)
     try:
         hangups = upstream.hangups
-        port = int(live.url.rsplit(":", 1)[1])
-        body = requests.models.complexjson.dumps(BODY).encode()
-        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
-            sock.sendall(
-                b"POST /chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-            )
+        with open_chat(live) as sock:
             assert b"data: " in read_until(sock, b"data: ")
         wait_for(lambda: upstream.hangups > hangups, what="the upstream to be hung up on")
         wait_for(lambda: "stream=client_gone" in live.log_text(), what="the access line")

@@ -170,6 +170,18 @@ def adapter_for(server: StreamServer, certificate):
     return adapter
 
 
+def assert_stream_fails(server: StreamServer, certificate, match: str) -> None:
+    """The stream ``server`` sends opens, then fails while it is read."""
+    with server:
+        adapter = adapter_for(server, certificate)
+        stream = adapter.open_stream(chat_request(), "m")
+        try:
+            with pytest.raises(UpstreamError, match=match):
+                text_of(stream)
+        finally:
+            stream.close()
+
+
 def chat_request() -> ChatRequest:
     return ChatRequest(model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
 
@@ -261,14 +273,7 @@ def test_a_stream_cut_mid_chunk_is_an_upstream_error(certificate):
                 % (len(lines[0]), lines[0])
             )
 
-    with Cut() as server:
-        adapter = adapter_for(server, certificate)
-        stream = adapter.open_stream(chat_request(), "m")
-        try:
-            with pytest.raises(UpstreamError, match="broke off"):
-                text_of(stream)
-        finally:
-            stream.close()
+    assert_stream_fails(Cut(), certificate, "broke off")
 
 
 @pytest.mark.parametrize(
@@ -350,14 +355,7 @@ def test_broken_chunk_framing_mid_stream_ends_the_stream_with_an_upstream_error(
             sock.sendall(b"+5\r\nhello\r\n")
             time.sleep(0.5)
 
-    with Broken() as server:
-        adapter = adapter_for(server, certificate)
-        stream = adapter.open_stream(chat_request(), "m")
-        try:
-            with pytest.raises(UpstreamError, match="broken stream: a chunk size is not a hex"):
-                text_of(stream)
-        finally:
-            stream.close()
+    assert_stream_fails(Broken(), certificate, "broken stream: a chunk size is not a hex")
 
 
 def test_a_gzip_bomb_stream_is_cut_at_max_response_bytes(certificate):
