@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,3 +163,15 @@ def provider_urls(fakes: dict) -> dict[str, str]:
         "opencode_go_url": fakes["opencode"].url + "/zen/go/v1",
         "kimi_url": fakes["kimi"].url + "/coding/v1",
     }
+
+
+def wait_for(condition, seconds: float, what: str, log=None, every: float = 0.1):
+    """Poll ``condition`` until it is truthy (its value is returned) or ``seconds``
+    pass (the test fails, naming ``what``, with the tail of ``log()`` if given)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    pytest.fail(f"timed out waiting for {what}" + (f"; log:\n{log()[-3000:]}" if log else ""))

@@ -24,19 +24,9 @@ from chatd.relay import Relay
 from chatd.worker import RELAY_MAX_LAG
 from tests.conftest import TEST_KEYS
 from tests.fakes import FakeOllama
-from tests.live import clean_env, run_chatd, write_config
+from tests.live import clean_env, run_chatd, wait_for, write_config
 
 WAIT = 10.0  # seconds any one wait below may take, at most
-
-
-def wait_for(condition, timeout: float = WAIT, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Ended:
@@ -146,7 +136,7 @@ def test_many_streams_interleave_on_one_thread(relay, pairs):
     for upstream_there, _, ended in streams:
         upstream_there.close()
         assert ended.event.wait(WAIT)
-    assert wait_for(lambda: relay.open == 0, what="every stream to end")
+    assert wait_for(lambda: relay.open == 0, WAIT, "every stream to end", every=0.02)
     assert relay.timers == [] or all(not t[2].waiting for t in relay.timers)
 
 
@@ -248,7 +238,7 @@ def test_the_relay_measures_how_late_it_runs(relay, pairs):
     relay.add(client_here, hog(), False, ended)
     assert ended.event.wait(WAIT)
     assert relay.lag > RELAY_MAX_LAG
-    wait_for(lambda: relay.lag < RELAY_MAX_LAG / 5, what="the lag to fall back")
+    wait_for(lambda: relay.lag < RELAY_MAX_LAG / 5, WAIT, "the lag to fall back", every=0.02)
 
 
 def test_a_failing_body_ends_the_stream_without_taking_the_relay_down(relay, pairs):
@@ -430,8 +420,12 @@ def test_a_client_that_leaves_mid_stream_hangs_up_on_the_upstream(live, upstream
         hangups = upstream.hangups
         with open_chat(live) as sock:
             assert b"data: " in read_until(sock, b"data: ")
-        wait_for(lambda: upstream.hangups > hangups, what="the upstream to be hung up on")
-        wait_for(lambda: "stream=client_gone" in live.log_text(), what="the access line")
+        wait_for(
+            lambda: upstream.hangups > hangups, WAIT, "the upstream to be hung up on", every=0.02
+        )
+        wait_for(
+            lambda: "stream=client_gone" in live.log_text(), WAIT, "the access line", every=0.02
+        )
     finally:
         upstream.behave()
 

@@ -21,7 +21,7 @@ import requests
 from chatd import serving
 from chatd.config import ConfigError
 from tests.conftest import TEST_KEYS
-from tests.live import chatd_cli, clean_env, provider_urls, run_chatd, write_config
+from tests.live import chatd_cli, clean_env, provider_urls, run_chatd, wait_for, write_config
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -39,16 +39,6 @@ def serves_throughout(url: str, seconds: float) -> None:
     while time.monotonic() < deadline:
         assert serves(url)
         time.sleep(0.05)
-
-
-def wait_for(condition, seconds: float, what: str, log=None):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}" + (f"; log:\n{log()[-3000:]}" if log else ""))
 
 
 def children(pid: int) -> list[int]:
