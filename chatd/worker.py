@@ -96,6 +96,10 @@ LOG_EVERY_SECONDS = 10.0
 OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # Closes that linger (RFC 9112 9.6: drain, then close) run here, never on the main loop.
 LINGER_THREADS = 2
+# gthread's loop tells the arbiter it is alive (a utime of its tmp file) and
+# checks its parent (getppid) on every turn, several turns per request; once a
+# second is enough for both: the arbiter's own timeout is 30 s or more.
+HEARTBEAT_SECS = 1.0
 
 
 def name_thread(name: bytes) -> None:
@@ -492,7 +496,7 @@ READ_SIZE = 65536
 class Held:
     """What the event loop has read of one connection's next request."""
 
-    __slots__ = ("data", "head_end", "need", "deadline", "scanned", "reserved")
+    __slots__ = ("data", "head_end", "need", "deadline", "scanned", "reserved", "watched")
 
     def __init__(self, data: bytes, deadline: float):
         self.data = bytearray(data)
@@ -501,6 +505,7 @@ class Held:
         self.deadline = deadline
         self.scanned = 0  # where to resume looking for the blank line
         self.reserved = 0  # the declared body's bytes, counted against the hold budget
+        self.watched = False  # registered with the poller
 
 
 EXPECT_LINE = re.compile(rb"\r?\nexpect:[ \t]*100-continue[ \t]*(?=\r?\n)", re.IGNORECASE)
@@ -589,6 +594,7 @@ class WholeRequests:
         if self.advance(conn, held) or self.take_arrived(conn, held):
             return
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_held_readable, conn))
+        held.watched = True
 
     def on_held_readable(self, conn, sock):
         self.take_arrived(conn, self.held[conn])
@@ -689,10 +695,13 @@ class WholeRequests:
         held = self.held.pop(conn)
         self.held_bytes -= len(held.data)
         self.reserved_bytes -= held.reserved
-        try:
-            self.poller.unregister(conn.sock)
-        except (KeyError, ValueError):
-            pass  # not registered yet: the request was whole at once
+        # Most requests are whole at once and never watched: unregistering one
+        # would raise a KeyError whose message formats the socket (getsockname).
+        if held.watched:
+            try:
+                self.poller.unregister(conn.sock)
+            except (KeyError, ValueError):
+                pass
 
     def drop(self, conn, answer: bytes = b""):
         """Close a released ``conn``, first sending ``answer`` if the socket takes it now."""
@@ -865,6 +874,22 @@ class ChatdWorker(WholeRequests, SheddingMixin, StreamRelay, ThreadWorker):
         # (5 ms by default), while every open stream's pieces wait.
         sys.setswitchinterval(SWITCH_INTERVAL)
         super().init_process()
+
+    def notify(self):
+        now = time.monotonic()
+        if now >= self._next_notify:
+            self._next_notify = now + HEARTBEAT_SECS
+            super().notify()
+
+    def is_parent_alive(self):
+        now = time.monotonic()
+        if now < self._next_parent_check:
+            return True
+        self._next_parent_check = now + HEARTBEAT_SECS
+        return super().is_parent_alive()
+
+    _next_notify = 0.0
+    _next_parent_check = 0.0
 
     def load_wsgi(self):
         super().load_wsgi()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -355,3 +356,68 @@ def test_the_worker_module_keeps_requests_out_of_gunicorns_master():
     code = "import sys, chatd.worker; print('requests' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_the_heartbeat_and_parent_check_run_once_a_second_not_per_loop_turn(monkeypatch):
+    """gthread's loop calls notify() and is_parent_alive() on every turn; each is a
+    system call, and a request takes several turns."""
+    calls = {"notify": 0, "parent": 0}
+    monkeypatch.setattr(
+        ThreadWorker, "notify", lambda self: calls.__setitem__("notify", calls["notify"] + 1)
+    )
+
+    def parent_alive(self):
+        calls["parent"] += 1
+        return False  # the parent is gone: seen on the first check of each second
+
+    monkeypatch.setattr(ThreadWorker, "is_parent_alive", parent_alive)
+    clock = [1000.0]
+    monkeypatch.setattr(chatd_worker.time, "monotonic", lambda: clock[0])
+    w = chatd_worker.ChatdWorker.__new__(chatd_worker.ChatdWorker)
+    seen = []
+    for _ in range(50):  # fifty loop turns within one heartbeat
+        w.notify()
+        seen.append(w.is_parent_alive())
+    assert calls == {"notify": 1, "parent": 1}
+    assert seen[0] is False and all(seen[1:])
+    clock[0] += chatd_worker.HEARTBEAT_SECS
+    w.notify()
+    assert w.is_parent_alive() is False
+    assert calls == {"notify": 2, "parent": 2}
+
+
+def test_the_heartbeat_stays_well_inside_gunicorns_worker_timeout():
+    """gunicorn.conf.py sets the arbiter's timeout to timeout_secs + 30 s: a beat a
+    second is never near it, even with a slow loop turn or two."""
+    assert chatd_worker.HEARTBEAT_SECS * 10 <= 30
+    with open(Path(__file__).parent.parent / "gunicorn.conf.py") as f:
+        conf = f.read()
+    assert "timeout = int(_settings.timeout_secs) + 30" in conf
+
+
+def test_a_request_whole_at_once_is_released_without_touching_the_poller():
+    """Most requests arrive whole with their connection: the loop never watched them,
+    and unregistering one would format an exception (the socket's repr) per request."""
+
+    class Poller:
+        def __init__(self):
+            self.unregistered = []
+
+        def unregister(self, sock):
+            self.unregistered.append(sock)
+
+    w = chatd_worker.WholeRequests.__new__(chatd_worker.WholeRequests)
+    w.poller = Poller()
+    w.held_bytes = w.reserved_bytes = 0
+
+    class Conn:
+        def __init__(self, sock):
+            self.sock = sock
+
+    whole, watched = Conn("whole"), Conn("watched")
+    w.held = {whole: chatd_worker.Held(b"", 0.0), watched: chatd_worker.Held(b"", 0.0)}
+    w.held[watched].watched = True
+    w.release(whole)
+    w.release(watched)
+    assert w.poller.unregistered == ["watched"]
+    assert w.held == {}
