@@ -386,3 +386,60 @@ def test_gzip_server_sanity():
     pack = zlib.compressobj(wbits=31)
     data = pack.compress(b"abc") + pack.flush(zlib.Z_SYNC_FLUSH) + pack.flush()
     assert gzip.decompress(data) == b"abc"
+
+
+# -- whole answers: the kernel read timeout of a pooled connection ----------------
+
+
+def whole_request() -> ChatRequest:
+    return ChatRequest(model="m", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_a_pooled_connection_keeps_its_read_timeout_from_call_to_call(monkeypatch):
+    """SO_RCVTIMEO is set once, by the first call; the next calls on the same
+    connection need the same within RECV_TIMEOUT_SLACK and set nothing."""
+    from chatd.adapters import base
+
+    sets = []
+    real = base._set_recv_timeout
+    monkeypatch.setattr(base, "_set_recv_timeout", lambda sock, s: (sets.append(s), real(sock, s)))
+    with FakeOllama() as fake:
+        adapter = make_wire_adapter(OllamaChatAdapter, "ollama", fake.url)
+        for _ in range(3):
+            assert adapter.reply(whole_request(), "m").content == "hello"
+        assert fake.connections == 1
+    assert len(sets) == 1 and 4.5 < sets[0] <= 5.0  # the adapter's timeout_secs, 5 s
+
+
+def test_an_answer_dripping_on_a_connection_a_stream_gave_back_still_times_out():
+    """A stream read to its end returns its connection with no read timeout; the
+    next whole call on it sets one again and is cut at its deadline."""
+    from chatd.resilience import Deadline
+
+    class StreamThenDrip(StreamServer):
+        answered = 0
+
+        def _send(self, sock, lines):
+            self.answered += 1
+            if self.answered == 1:
+                return super()._send(sock, lines)
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+            for _ in range(20):  # a byte every 0.3 s, for 6 s at most
+                if self.stopping.wait(0.3):
+                    return
+                sock.sendall(b" ")
+
+    with StreamThenDrip(None, keep_alive=True) as server:
+        adapter = make_wire_adapter(OllamaChatAdapter, "ollama", server.url)
+        stream = adapter.open_stream(chat_request(), "m")
+        try:
+            assert text_of(stream) == "".join(PIECES)
+        finally:
+            stream.close()
+        started = time.monotonic()
+        deadline = Deadline.after(started, "timeout_secs", 1.0)
+        with pytest.raises(UpstreamError, match="timeout_secs"):
+            adapter.reply(whole_request(), "m", deadline)
+        took = time.monotonic() - started
+        assert server.connections == 1  # the drip came on the stream's connection
+    assert 0.9 <= took < 3.0

@@ -17,6 +17,7 @@ import socket
 import ssl
 import struct
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -57,6 +58,9 @@ RETRYABLE = frozenset({502, 503, 504, 529})
 # How far a read's kernel timeout may drift from the deadline before it is set again.
 RECV_TIMEOUT_SLACK = 0.05
 _TIMEVAL = struct.Struct("@ll")
+# SO_RCVTIMEO as chatd last set it on each upstream socket, in seconds: a pooled
+# connection keeps it from one call to the next, so most calls set it not at all.
+_recv_timeouts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def retry_after_secs(value: str | None) -> float | None:
@@ -167,6 +171,7 @@ def _set_recv_timeout(sock, seconds: float) -> None:
     if seconds and not (whole or micros):
         micros = 1
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(whole, micros))
+    _recv_timeouts[sock] = seconds
 
 
 def _let_go(response: requests.Response) -> None:
@@ -202,10 +207,11 @@ def _let_go(response: requests.Response) -> None:
         response.close()
 
 
-def _follow_deadline(sock, now: float, until: float, applied: float | None) -> float:
+def _follow_deadline(sock, now: float, until: float) -> float:
     """SO_RCVTIMEO set to what is left until ``until`` when it drifted from it by more
-    than RECV_TIMEOUT_SLACK; return the timeout now applied."""
-    if applied is None or abs(now + applied - until) > RECV_TIMEOUT_SLACK:
+    than RECV_TIMEOUT_SLACK (or none is set); return the timeout now applied."""
+    applied = _recv_timeouts.get(sock)
+    if not applied or abs(now + applied - until) > RECV_TIMEOUT_SLACK:
         applied = until - now
         _set_recv_timeout(sock, applied)
     return applied
@@ -620,12 +626,15 @@ class ChatAdapter:
         before every recv, two system calls and two hand-offs of the GIL per
         piece instead of one, and each settimeout is one more. SO_RCVTIMEO is
         set again only when the deadline moved by more than RECV_TIMEOUT_SLACK
-        (an idle deadline moves with each event, so about once per stream).
-        When it fires, the read fails or comes back short: that, or any
-        failure, at the deadline is the timeout.
+        (an idle deadline moves with each event, so about once per stream),
+        and it stays set when the call ends: the pooled connection's next call
+        most often needs the same, and reads that do not block (urllib3's, with
+        a timeout, of the next head) ignore it. When it fires, the read fails
+        or comes back short: that, or any failure, at the deadline is the
+        timeout.
         """
         sock = _socket_of(response)
-        applied = None  # SO_RCVTIMEO as last set, in seconds
+        applied = None  # SO_RCVTIMEO as now set, in seconds
         until, name, seconds = deadline()
         try:
             if sock is not None:
@@ -637,7 +646,7 @@ class ChatAdapter:
                 if remaining <= 0:
                     raise self._timeout_error(name, seconds)
                 if sock is not None:
-                    applied = _follow_deadline(sock, now, until, applied)
+                    applied = _follow_deadline(sock, now, until)
                 chunk = response.raw.read1(READ_SIZE, decode_content=True)
                 if not chunk:
                     if applied is not None and time.monotonic() >= until - RECV_TIMEOUT_SLACK:
@@ -649,9 +658,6 @@ class ChatAdapter:
             raise self._timeout_error(name, seconds) from None
         except (OSError, ValueError, http.client.HTTPException, urllib3.exceptions.HTTPError) as e:
             raise self._read_failed(e, response, until, name, seconds) from None
-        finally:
-            if applied is not None:
-                _clear_recv_timeout(sock)
 
     def _stream_reads(self, response: requests.Response, deadline: Callable[[], tuple]):
         """Yield a stream's body as it comes, each read bounded by ``deadline()``.
@@ -706,7 +712,7 @@ class ChatAdapter:
                     if data is None:
                         raise self._timeout_error(name, seconds)
                 else:
-                    applied = _follow_deadline(sock, now, until, applied)
+                    applied = _follow_deadline(sock, now, until)
                     data = sock.recv(READ_SIZE)
                 if not data:
                     if decoder.at_eof():
