@@ -118,7 +118,13 @@ def parse_headers(fp, _class=http.client.HTTPMessage) -> http.client.HTTPMessage
     lines = http.client._read_headers(fp)  # enforces _MAXLINE and _MAXHEADERS
     fields = []
     for line in lines[:-1]:  # the last is the blank line, or the end of the stream
-        match = _PLAIN_FIELD.fullmatch(line.decode("iso-8859-1").rstrip("\r\n"))
+        # Exactly one line ending off: any other CR (the email parser ends a line
+        # at a bare CR) leaves a line the pattern refuses.
+        if line.endswith(b"\r\n"):
+            line = line[:-2]
+        elif line.endswith(b"\n"):
+            line = line[:-1]
+        match = _PLAIN_FIELD.fullmatch(line.decode("iso-8859-1"))
         if match is None:
             text = b"".join(lines).decode("iso-8859-1")
             return email.parser.Parser(_class=_class).parsestr(text)
@@ -137,11 +143,11 @@ class LeanHTTPResponse(http.client.HTTPResponse):
     reading a status line and a head stays as the stdlib does it.
     """
 
-    begin = types.FunctionType(
-        http.client.HTTPResponse.begin.__code__,
-        {**vars(http.client), "parse_headers": parse_headers},
-        "begin",
-    )
+    _code = http.client.HTTPResponse.begin.__code__
+    # Only while the stdlib's begin is what this was written against: a plain
+    # function that calls parse_headers by name (else it stays the stdlib's).
+    if not _code.co_freevars and "parse_headers" in _code.co_names:
+        begin = types.FunctionType(_code, {**vars(http.client), "parse_headers": parse_headers})
 
 
 # Heads and bodies up to this size go out in one write; a larger body is not

@@ -55,6 +55,10 @@ HEADS = [
     b"A: b\rc\r\n\r\n",
     b"From nobody\r\nA: b\r\n\r\n",
     b"A\x01: b\r\n\r\n",
+    b"A: b\r\r\nContent-Length: 2\r\n\r\n",  # a bare CR ends the head for the email parser
+    b"A:\r\r\n\r\n",
+    b"A: b",  # the stream ended mid-line
+    b"A: b\r\nB: c",
 ]
 
 
@@ -75,6 +79,23 @@ def test_a_plain_head_is_read_without_the_email_parser(monkeypatch):
     monkeypatch.setattr(email.parser.Parser, "parsestr", refuse)
     message = parse_headers(io.BytesIO(HEADS[0] + b'{"a": 1}'))
     assert message["content-length"] == "3"
+
+
+def test_a_response_reads_its_head_with_the_lean_parser(monkeypatch):
+    """LeanHTTPResponse.begin is the stdlib's, with parse_headers rebound to ours."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the email parser was used")
+
+    monkeypatch.setattr(email.parser.Parser, "parsestr", refuse)
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.sendall(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nok"
+        )
+        response = sessions.LeanHTTPResponse(ours, method="POST")
+        response.begin()
+        assert (response.status, response.getheader("x-a"), response.read()) == (200, "1", b"ok")
 
 
 def test_the_lean_header_parser_keeps_http_clients_limits():

@@ -372,7 +372,8 @@ def test_the_heartbeat_and_parent_check_run_once_a_second_not_per_loop_turn(monk
 
     monkeypatch.setattr(ThreadWorker, "is_parent_alive", parent_alive)
     clock = [1000.0]
-    monkeypatch.setattr(chatd_worker.time, "monotonic", lambda: clock[0])
+    # The worker module's clock only: time.monotonic itself stays as it is.
+    monkeypatch.setattr(chatd_worker, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     w = chatd_worker.ChatdWorker.__new__(chatd_worker.ChatdWorker)
     seen = []
     for _ in range(50):  # fifty loop turns within one heartbeat
