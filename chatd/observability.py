@@ -13,7 +13,9 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import queue
 import re
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,6 +38,12 @@ _current = threading.local()
 # across workers and restarts without a uuid4 (2 us) per request.
 _ID_PREFIX = os.urandom(8).hex()
 _id_counter = itertools.count()
+# Log lines waiting for stderr, at most; past that they are dropped and counted.
+MAX_WAITING_LINES = 10_000
+# Lines written to stderr in one write, at most.
+WRITE_BATCH = 256
+# At exit, how long the lines still waiting may take to be written.
+FLUSH_WAIT_SECS = 2.0
 
 
 def request_id_from(header: str | None) -> str:
@@ -226,5 +234,85 @@ def set_up_logging(level: str, log_format: str) -> None:
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter(TEXT_FORMAT))
 
 
-class _ChatdHandler(logging.StreamHandler):
-    """chatd's own handler, so setting up twice (many apps in one process) adds one."""
+class _ChatdHandler(logging.Handler):
+    """chatd's own handler (so setting up twice adds one): lines to stderr, written
+    by a thread of its own.
+
+    A thread that logs never waits on stderr. A full pipe or a paused terminal
+    would otherwise stall every request thread that logs, and a worker's stream
+    relay, the one thread that carries all its open streams. A line is
+    formatted where it is logged and queued; past MAX_WAITING_LINES lines are
+    dropped, and the writer says how many as soon as it can write again.
+    """
+
+    def __init__(self, stream=None):
+        super().__init__()
+        self.stream = sys.stderr if stream is None else stream
+        self._waiting: queue.SimpleQueue = queue.SimpleQueue()
+        self._dropped = 0
+        self._drop_lock = threading.Lock()
+        self._writer_pid: int | None = None  # the process whose writer thread runs
+        self._writer: threading.Thread | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + "\n"
+        except Exception:
+            self.handleError(record)
+            return
+        if self._writer_pid != os.getpid():
+            self._start_writer()
+        if self._waiting.qsize() >= MAX_WAITING_LINES:
+            with self._drop_lock:
+                self._dropped += 1
+            return
+        self._waiting.put(line)
+
+    def _start_writer(self) -> None:
+        # Started on first use in each process: a thread does not survive a fork.
+        with self._drop_lock:
+            if self._writer_pid != os.getpid():
+                self._writer_pid = os.getpid()
+                self._writer = threading.Thread(target=self._write, name="chatd-log", daemon=True)
+                self._writer.start()
+
+    def _write(self) -> None:
+        while True:
+            lines = [self._waiting.get()]
+            while len(lines) < WRITE_BATCH:
+                try:
+                    lines.append(self._waiting.get_nowait())
+                except queue.Empty:
+                    break
+            stop = None in lines
+            done = [line for line in lines if isinstance(line, threading.Event)]
+            text = "".join(line for line in lines if isinstance(line, str))
+            with self._drop_lock:
+                dropped, self._dropped = self._dropped, 0
+            if dropped:
+                text += f"chatd: {dropped} log lines dropped: stderr did not keep up\n"
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass  # stderr closed or gone: nowhere left to say so
+            for event in done:
+                event.set()
+            if stop:
+                return
+
+    def flush(self) -> None:
+        """Wait, FLUSH_WAIT_SECS at most, for the lines logged so far to be written
+        (logging calls this at exit)."""
+        if self._writer_pid != os.getpid():
+            return
+        written = threading.Event()
+        self._waiting.put(written)
+        written.wait(FLUSH_WAIT_SECS)
+
+    def close(self) -> None:
+        """The writer ends once what was logged before is written."""
+        if self._writer_pid == os.getpid():
+            self._writer_pid = None
+            self._waiting.put(None)
+        super().close()

@@ -93,8 +93,11 @@ def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 
 
 
 @contextlib.contextmanager
-def run_chatd(config_path: Path, env: dict[str, str], *args: str, workers: int = 1):
-    """Start ``chatd --config config_path`` under gunicorn; stop it on exit."""
+def run_chatd(
+    config_path: Path, env: dict[str, str], *args: str, workers: int = 1, output: int | None = None
+):
+    """Start ``chatd --config config_path`` under gunicorn; stop it on exit. Its
+    stdout and stderr go to a log file, or to the descriptor ``output``."""
     port = free_port()
     log_file = tempfile.NamedTemporaryFile(prefix="chatd-live-", suffix=".log", delete=False)
     command = [
@@ -108,7 +111,11 @@ def run_chatd(config_path: Path, env: dict[str, str], *args: str, workers: int =
         *args,
     ]
     process = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=log_file if output is None else output,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -1,0 +1,177 @@
+"""chatd's log handler: a thread that logs never waits on stderr."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from chatd import observability
+from tests.live import wait_for
+
+
+class StalledStream:
+    """A stderr that takes nothing until ``flowing`` is set, as a full pipe or a
+    paused terminal does; then keeps what it was given."""
+
+    def __init__(self):
+        self.flowing = threading.Event()
+        self.text = ""
+
+    def write(self, text: str) -> None:
+        assert self.flowing.wait(10), "the test never let the stream flow"
+        self.text += text
+
+    def flush(self) -> None:
+        pass
+
+
+def logger_writing_to(stream, name: str) -> tuple[logging.Logger, logging.Handler]:
+    handler = observability._ChatdHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger(f"chatd.test.{name}")
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return logger, handler
+
+
+def test_a_stalled_stderr_stalls_no_thread_that_logs(monkeypatch):
+    stream = StalledStream()
+    logger, handler = logger_writing_to(stream, "stalled")
+    try:
+        started = time.monotonic()
+        for i in range(500):
+            logger.info("line %d", i)
+        assert time.monotonic() - started < 1.0  # none of them waited on the stream
+        assert stream.text == ""
+        stream.flowing.set()
+        wait_for(lambda: "line 499\n" in stream.text, 5, "the lines once stderr flows")
+        assert stream.text.splitlines() == [f"line {i}" for i in range(500)]
+    finally:
+        stream.flowing.set()
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def test_lines_past_the_limit_are_dropped_and_counted(monkeypatch):
+    monkeypatch.setattr(observability, "MAX_WAITING_LINES", 20)
+    stream = StalledStream()
+    logger, handler = logger_writing_to(stream, "dropping")
+    try:
+        logger.info("first")  # the writer takes this one and waits on the stream
+        wait_for(lambda: handler._waiting.qsize() == 0, 5, "the writer to take a line")
+        for i in range(50):
+            logger.info("line %d", i)
+        stream.flowing.set()
+        wait_for(lambda: "dropped" in stream.text, 5, "the count of dropped lines")
+        lines = stream.text.splitlines()
+        assert lines[:21] == ["first"] + [f"line {i}" for i in range(20)]
+        assert "chatd: 30 log lines dropped: stderr did not keep up" in lines
+    finally:
+        stream.flowing.set()
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def test_at_exit_the_lines_waiting_are_written_first():
+    stream = StalledStream()
+    logger, handler = logger_writing_to(stream, "exit")
+    try:
+        logger.info("last words")
+        threading.Timer(0.2, stream.flowing.set).start()
+        handler.flush()  # what logging.shutdown calls at exit
+        assert stream.text == "last words\n"
+    finally:
+        stream.flowing.set()
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def test_a_flush_gives_up_after_its_deadline_on_a_stderr_that_never_flows(monkeypatch):
+    monkeypatch.setattr(observability, "FLUSH_WAIT_SECS", 0.3)
+    stream = StalledStream()
+    logger, handler = logger_writing_to(stream, "stuck")
+    try:
+        logger.info("never written")
+        started = time.monotonic()
+        handler.flush()
+        assert 0.25 <= time.monotonic() - started < 2.0
+    finally:
+        stream.flowing.set()
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def test_a_closed_handler_ends_its_writer_after_the_lines_before():
+    stream = StalledStream()
+    stream.flowing.set()
+    logger, handler = logger_writing_to(stream, "closed")
+    logger.info("before")
+    logger.removeHandler(handler)
+    handler.close()
+    wait_for(
+        lambda: not handler._writer.is_alive() and stream.text == "before\n",
+        5,
+        "the writer to write and end",
+    )
+
+
+F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ, named in Python 3.10+ on Linux only
+
+
+def test_a_worker_whose_stderr_nobody_reads_keeps_answering(tmp_path):
+    """chatd's stderr is a 4 KiB pipe that nobody reads while 100 calls (an
+    access line each, ~200 bytes) go over one kept-alive connection: every call
+    is answered, and once the pipe is read the lines come out."""
+    import fcntl
+    import os
+
+    import requests
+
+    from tests.fakes import FakeOllama
+    from tests.live import clean_env, run_chatd, write_config
+
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, F_SETPIPE_SZ, 4096)
+    try:
+        with FakeOllama() as ollama:
+            config = write_config(tmp_path / "chatd.toml", ollama_url=ollama.url)
+            with run_chatd(config, clean_env(), output=write_end) as chatd:
+                with requests.Session() as session:
+                    for _ in range(100):
+                        response = session.post(
+                            chatd.url + "/chat",
+                            json={
+                                "model": "llama3.2",
+                                "messages": [{"role": "user", "content": "hi"}],
+                            },
+                            timeout=5,
+                        )
+                        assert response.status_code == 200
+                os.set_blocking(read_end, False)
+                out = bytearray()
+
+                def drained() -> bool:
+                    try:
+                        out.extend(os.read(read_end, 65536))
+                    except BlockingIOError:
+                        pass
+                    return out.count(b"chatd.access") >= 100
+
+                wait_for(drained, 10, "the access lines once stderr is read")
+    finally:
+        os.close(write_end)
+        os.close(read_end)
+
+
+def test_the_numbers_are_the_ones_the_readme_states():
+    assert observability.MAX_WAITING_LINES == 10_000
+    assert observability.FLUSH_WAIT_SECS == 2.0
+
+
+def test_chatd_logs_through_one_such_handler_however_often_it_is_set_up():
+    for _ in range(2):
+        observability.set_up_logging("info", "text")
+    handlers = logging.getLogger("chatd").handlers
+    assert [type(h) for h in handlers].count(observability._ChatdHandler) == 1
