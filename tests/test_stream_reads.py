@@ -443,3 +443,28 @@ def test_an_answer_dripping_on_a_connection_a_stream_gave_back_still_times_out()
         took = time.monotonic() - started
         assert server.connections == 1  # the drip came on the stream's connection
     assert 0.9 <= took < 3.0
+
+
+def test_a_connection_back_in_the_pool_has_its_read_timeout_left_alone(monkeypatch):
+    """urllib3 gives the connection back in the read that takes the body's last
+    bytes: the loop's next turn must not set SO_RCVTIMEO on what is now another
+    call's socket (here the body comes 0.15 s after the head, so the deadline
+    moved past RECV_TIMEOUT_SLACK meanwhile)."""
+    from chatd.adapters import base
+
+    class LateBody(StreamServer):
+        def _send(self, sock, lines):
+            body = json.dumps(FakeOllama().chat_answer({"model": "m"})).encode()
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+            time.sleep(0.15)
+            sock.sendall(body)
+
+    sets = []
+    real = base._set_recv_timeout
+    monkeypatch.setattr(base, "_set_recv_timeout", lambda sock, s: (sets.append(s), real(sock, s)))
+    with LateBody(None, keep_alive=True) as server:
+        adapter = make_wire_adapter(OllamaChatAdapter, "ollama", server.url)
+        for _ in range(2):
+            assert adapter.reply(whole_request(), "m").content == "hello"
+        assert server.connections == 1
+    assert len(sets) == 1

@@ -166,6 +166,8 @@ def _socket_of(response: requests.Response):
 
 def _set_recv_timeout(sock, seconds: float) -> None:
     """The kernel's own timeout on each recv (SO_RCVTIMEO; 0 = none)."""
+    if _recv_timeouts.get(sock) == seconds:
+        return  # set already (a stream's reader clears it, then _let_go would again)
     whole = int(seconds)
     micros = int((seconds - whole) * 1e6) if seconds else 0
     if seconds and not (whole or micros):
@@ -645,6 +647,9 @@ class ChatAdapter:
                 remaining = until - now
                 if remaining <= 0:
                     raise self._timeout_error(name, seconds)
+                # None once urllib3 gave the connection back to the pool, in the
+                # read that took the body's last bytes: another call's now.
+                sock = _socket_of(response)
                 if sock is not None:
                     applied = _follow_deadline(sock, now, until)
                 chunk = response.raw.read1(READ_SIZE, decode_content=True)
