@@ -38,8 +38,9 @@ _current = threading.local()
 # across workers and restarts without a uuid4 (2 us) per request.
 _ID_PREFIX = os.urandom(8).hex()
 _id_counter = itertools.count()
-# Log lines waiting for stderr, at most; past that they are dropped and counted.
-MAX_WAITING_LINES = 10_000
+# Log lines waiting for stderr, at most this many characters (~4 MiB); past
+# that they are dropped and counted.
+MAX_WAITING_CHARS = 4 * 1024 * 1024
 # Lines written to stderr in one write, at most.
 WRITE_BATCH = 256
 # At exit, how long the lines still waiting may take to be written.
@@ -241,18 +242,20 @@ class _ChatdHandler(logging.Handler):
     A thread that logs never waits on stderr. A full pipe or a paused terminal
     would otherwise stall every request thread that logs, and a worker's stream
     relay, the one thread that carries all its open streams. A line is
-    formatted where it is logged and queued; past MAX_WAITING_LINES lines are
-    dropped, and the writer says how many as soon as it can write again.
+    formatted where it is logged and queued; past MAX_WAITING_CHARS waiting,
+    lines are dropped, and the writer says how many as soon as it can write again.
     """
 
     def __init__(self, stream=None):
         super().__init__()
         self.stream = sys.stderr if stream is None else stream
         self._waiting: queue.SimpleQueue = queue.SimpleQueue()
+        self._waiting_bytes = 0
         self._dropped = 0
-        self._drop_lock = threading.Lock()
+        self._count_lock = threading.Lock()  # the two counts above
         self._writer_pid: int | None = None  # the process whose writer thread runs
         self._writer: threading.Thread | None = None
+        self._closed = False
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -260,45 +263,62 @@ class _ChatdHandler(logging.Handler):
         except Exception:
             self.handleError(record)
             return
-        if self._writer_pid != os.getpid():
-            self._start_writer()
-        if self._waiting.qsize() >= MAX_WAITING_LINES:
-            with self._drop_lock:
-                self._dropped += 1
+        if self._writer_pid != os.getpid() and not self._start_writer():
+            # No writer (closed, or no thread to be had): as a plain handler would.
+            self._write_now(line)
             return
+        with self._count_lock:
+            if self._waiting_bytes + len(line) > MAX_WAITING_CHARS:
+                self._dropped += 1
+                return
+            self._waiting_bytes += len(line)
         self._waiting.put(line)
 
-    def _start_writer(self) -> None:
-        # Started on first use in each process: a thread does not survive a fork.
-        with self._drop_lock:
-            if self._writer_pid != os.getpid():
-                self._writer_pid = os.getpid()
-                self._writer = threading.Thread(target=self._write, name="chatd-log", daemon=True)
-                self._writer.start()
+    def _start_writer(self) -> bool:
+        """Start this process's writer (a thread does not survive a fork); say if it runs."""
+        with self._count_lock:
+            if self._closed:
+                return False
+            if self._writer_pid == os.getpid():
+                return True
+            writer = threading.Thread(target=self._write, name="chatd-log", daemon=True)
+            try:
+                writer.start()
+            except RuntimeError:
+                return False  # out of threads, or the interpreter is exiting
+            self._writer, self._writer_pid = writer, os.getpid()
+            return True
+
+    def _write_now(self, text: str) -> bool:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            return False  # stderr closed, gone or refusing: nowhere to say so
+        return True
 
     def _write(self) -> None:
         while True:
-            lines = [self._waiting.get()]
-            while len(lines) < WRITE_BATCH:
+            batch = [self._waiting.get()]
+            while len(batch) < WRITE_BATCH:
                 try:
-                    lines.append(self._waiting.get_nowait())
+                    batch.append(self._waiting.get_nowait())
                 except queue.Empty:
                     break
-            stop = None in lines
-            done = [line for line in lines if isinstance(line, threading.Event)]
-            text = "".join(line for line in lines if isinstance(line, str))
-            with self._drop_lock:
+            lines = [line for line in batch if isinstance(line, str)]
+            text = "".join(lines)
+            with self._count_lock:
+                self._waiting_bytes -= len(text)
                 dropped, self._dropped = self._dropped, 0
             if dropped:
                 text += f"chatd: {dropped} log lines dropped: stderr did not keep up\n"
-            try:
-                self.stream.write(text)
-                self.stream.flush()
-            except (OSError, ValueError):
-                pass  # stderr closed or gone: nowhere left to say so
-            for event in done:
-                event.set()
-            if stop:
+            if not self._write_now(text):
+                with self._count_lock:
+                    self._dropped += len(lines)  # said when stderr takes lines again
+            for item in batch:
+                if isinstance(item, threading.Event):
+                    item.set()
+            if None in batch:
                 return
 
     def flush(self) -> None:
@@ -311,8 +331,12 @@ class _ChatdHandler(logging.Handler):
         written.wait(FLUSH_WAIT_SECS)
 
     def close(self) -> None:
-        """The writer ends once what was logged before is written."""
-        if self._writer_pid == os.getpid():
+        """The writer ends once what was logged before is written; later lines
+        are written as they come."""
+        with self._count_lock:
+            self._closed = True
+            running = self._writer_pid == os.getpid()
             self._writer_pid = None
+        if running:
             self._waiting.put(None)
         super().close()

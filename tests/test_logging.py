@@ -55,21 +55,65 @@ def test_a_stalled_stderr_stalls_no_thread_that_logs(monkeypatch):
 
 
 def test_lines_past_the_limit_are_dropped_and_counted(monkeypatch):
-    monkeypatch.setattr(observability, "MAX_WAITING_LINES", 20)
+    monkeypatch.setattr(observability, "MAX_WAITING_CHARS", 20 * len("line 00\n"))
     stream = StalledStream()
     logger, handler = logger_writing_to(stream, "dropping")
     try:
         logger.info("first")  # the writer takes this one and waits on the stream
         wait_for(lambda: handler._waiting.qsize() == 0, 5, "the writer to take a line")
         for i in range(50):
-            logger.info("line %d", i)
+            logger.info("line %02d", i)
         stream.flowing.set()
         wait_for(lambda: "dropped" in stream.text, 5, "the count of dropped lines")
         lines = stream.text.splitlines()
-        assert lines[:21] == ["first"] + [f"line {i}" for i in range(20)]
+        assert lines[:21] == ["first"] + [f"line {i:02d}" for i in range(20)]
         assert "chatd: 30 log lines dropped: stderr did not keep up" in lines
     finally:
         stream.flowing.set()
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def test_lines_a_failed_write_lost_are_counted_too():
+    class FailingOnce(StalledStream):
+        def write(self, text):
+            if not self.flowing.is_set():
+                self.flowing.set()
+                raise BlockingIOError("stderr is non-blocking and full")
+            super().write(text)
+
+    stream = FailingOnce()
+    logger, handler = logger_writing_to(stream, "failing")
+    try:
+        logger.info("lost")
+        wait_for(lambda: stream.flowing.is_set(), 5, "the failed write")
+        logger.info("next")
+        wait_for(lambda: "next" in stream.text, 5, "the next line")
+        assert stream.text == "next\nchatd: 1 log lines dropped: stderr did not keep up\n"
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def test_without_a_writer_thread_lines_are_written_as_they_come(monkeypatch):
+    """Closed (a line logged during shutdown), or no thread to be had: as a plain
+    StreamHandler would, rather than queue lines nobody will write."""
+    stream = StalledStream()
+    stream.flowing.set()
+    logger, handler = logger_writing_to(stream, "threadless")
+
+    def no_thread(self):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    try:
+        logger.info("written now")
+        assert stream.text == "written now\n"
+        monkeypatch.undo()
+        handler.close()
+        logger.info("after close")
+        assert stream.text == "written now\nafter close\n"
+    finally:
         logger.removeHandler(handler)
         handler.close()
 
@@ -166,7 +210,7 @@ def test_a_worker_whose_stderr_nobody_reads_keeps_answering(tmp_path):
 
 
 def test_the_numbers_are_the_ones_the_readme_states():
-    assert observability.MAX_WAITING_LINES == 10_000
+    assert observability.MAX_WAITING_CHARS == 4 * 1024 * 1024
     assert observability.FLUSH_WAIT_SECS == 2.0
 
 
