@@ -44,6 +44,7 @@ from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 
 from chatd import admission, codec
 from chatd.dialects import anthropic, ollama
+from chatd.observability import request_id_from
 from chatd.relay import CAN_RELAY, RELAYED, Relay
 
 log = logging.getLogger("chatd.worker")
@@ -110,28 +111,44 @@ def name_thread(name: bytes) -> None:
         pass  # not Linux: only the name is missing
 
 
-def shed_body(reason: str, request_line: bytes = b"") -> dict:
+# A client's X-Request-ID, as far as the loop read its head.
+_REQUEST_ID_FIELD = re.compile(rb"\nx-request-id:[ \t]*([^\r\n]*)", re.IGNORECASE)
+
+
+def shed_request_id(head: bytes) -> str:
+    """The id a shed answer carries: the client's X-Request-ID when what the loop
+    read of its head has a valid one, else a new one (as the app would give)."""
+    found = _REQUEST_ID_FIELD.search(head)
+    return request_id_from(found[1].strip().decode("latin-1") if found else None)
+
+
+def shed_body(reason: str, request_line: bytes = b"", request_id: str = "") -> dict:
     """The 503's body in the envelope of the dialect the request's path belongs to."""
     parts = request_line.split(b" ", 2)
     path = parts[1] if len(parts) > 1 else b""
     if path.startswith(b"/api/"):
         return ollama.error_body(503, reason)
     if path.startswith(b"/v1/messages"):
-        return anthropic.error_body(503, reason)
-    return {"error": {"type": "overloaded", "message": reason, "code": "overloaded"}}
+        return anthropic.error_body(503, reason, request_id)
+    error = {"type": "overloaded", "message": reason, "code": "overloaded"}
+    if request_id:
+        error["request_id"] = request_id
+    return {"error": error}
 
 
-def shed_answer(reason: str, request_line: bytes = b"") -> bytes:
-    """The whole 503 answer, in the error envelope the client reads."""
-    body = codec.dumps(shed_body(reason, request_line))
-    head = (
+def shed_answer(reason: str, head: bytes = b"") -> bytes:
+    """The whole 503 answer, in the error envelope the client reads, with a request id."""
+    request_id = shed_request_id(head)
+    body = codec.dumps(shed_body(reason, head, request_id))
+    answer = (
         "HTTP/1.1 503 Service Unavailable\r\n"
         "Content-Type: application/json\r\n"
         "Retry-After: 1\r\n"
+        f"X-Request-ID: {request_id}\r\n"
         "Connection: close\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     )
-    return head.encode() + body
+    return answer.encode() + body
 
 
 class ChatdConn(TConn):
@@ -275,7 +292,7 @@ class SheddingMixin:
         if not (full or self.saturated) or head.startswith(ALWAYS_SERVED):
             return False
         self.release(conn)
-        conn.request_line = head[:PEEK_BYTES]
+        conn.request_line = head  # the whole head: its X-Request-ID goes on the 503
         self._shed(conn)
         return True
 
@@ -681,8 +698,9 @@ class WholeRequests:
     def hand_over(self, conn, held) -> bool:
         """Give ``conn`` to a thread with what was read replayed to gunicorn's parser."""
         self.release(conn)
-        # What shedding looks at: the socket no longer holds it.
-        conn.first_bytes = bytes(held.data[:PEEK_BYTES])
+        # What shedding looks at (the socket no longer holds it): the head, for
+        # its request line and X-Request-ID.
+        conn.first_bytes = bytes(held.data[: held.head_end if held.head_end > 0 else PEEK_BYTES])
         conn.init()  # makes the parser; no I/O for plain HTTP/1
         conn.parser.unreader.unread(held.data)
         conn.data_ready = True  # gthread must not wait for the socket: the bytes are here

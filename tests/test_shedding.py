@@ -58,7 +58,7 @@ def shed_without_body(url: str) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
         sock.sendall(
             b"POST /chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 100000\r\n\r\n"
+            b"X-Request-ID: shed-at-the-head-1\r\nContent-Length: 100000\r\n\r\n"
         )
         answer = b""
         while len(answer) < 10_000:
@@ -84,12 +84,17 @@ def test_streams_past_the_threads_are_shed_and_the_admitted_ones_finish_intact(l
     shed = [r for r in results if r["status"] != 200]
     assert health.status_code == 200 and health_secs < 1.0
     assert held_body.startswith(b"HTTP/1.1 503 ") and b"\r\nRetry-After: 1\r\n" in held_body
+    # The client's request id, read from the head the loop holds, comes back.
+    assert b"\r\nX-Request-ID: shed-at-the-head-1\r\n" in held_body
+    assert b'"request_id":"shed-at-the-head-1"' in held_body.replace(b" ", b"")
     assert 1 <= len(served) <= CALL_SLOTS
     assert len(shed) >= STREAMS - CALL_SLOTS
     for r in shed:
         assert r["status"] == 503
         assert r["headers"]["Retry-After"] == "1"
         assert '"type":"overloaded"' in r["text"].replace(" ", "")
+        request_id = r["headers"]["X-Request-ID"]
+        assert f'"request_id":"{request_id}"' in r["text"].replace(" ", "")
     for r in served:
         contents = [
             part.split('"content":"', 1)[1].split('"', 1)[0]

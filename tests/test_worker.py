@@ -149,6 +149,36 @@ def test_a_shed_answer_comes_in_the_envelope_its_client_reads(door, request_line
         assert body["error"]["type"] == envelope["type"]
 
 
+@pytest.mark.parametrize(
+    "given, echoed",
+    [
+        (b"X-Request-ID: trace-7f3a\r\n", True),
+        (b"x-request-id:trace-7f3a\r\n", True),
+        (b"X-Request-ID: two words\r\n", False),  # not safe to echo: a new one
+        (b"", False),
+    ],
+)
+@pytest.mark.parametrize("path", [b"/chat", b"/v1/messages", b"/api/chat"])
+def test_a_shed_answer_carries_a_request_id_the_clients_when_it_is_safe(given, echoed, path):
+    import json
+    import re
+
+    head = b"POST " + path + b" HTTP/1.1\r\nHost: x\r\n" + given + b"Content-Length: 2\r\n\r\n"
+    answer = chatd_worker.shed_answer("all 2 call slots are taken", head)
+    request_id = re.search(rb"\r\nX-Request-ID: ([^\r]*)\r\n", answer)[1].decode()
+    if echoed:
+        assert request_id == "trace-7f3a"
+    else:
+        assert re.fullmatch(r"[0-9a-f]{32}", request_id)
+    body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+    if path == b"/chat":
+        assert body["error"]["request_id"] == request_id
+    elif path == b"/v1/messages":
+        assert body["request_id"] == request_id
+    else:  # Ollama's envelope has room for the text only; the header carries the id
+        assert body == {"error": "all 2 call slots are taken"}
+
+
 def test_a_newcomer_waits_behind_those_already_waiting(door):
     conns = [Conn() for _ in range(MAX_SETUPS + 1)]
     for conn in conns:
