@@ -219,3 +219,23 @@ def test_chatd_logs_through_one_such_handler_however_often_it_is_set_up():
         observability.set_up_logging("info", "text")
     handlers = logging.getLogger("chatd").handlers
     assert [type(h) for h in handlers].count(observability._ChatdHandler) == 1
+
+
+def test_a_process_that_exits_right_after_logging_writes_every_line_first():
+    """The writer is a daemon thread: what it had not written when the process
+    exits is written by logging's own shutdown, which flushes this handler."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging\n"
+        "from chatd.observability import set_up_logging\n"
+        "set_up_logging('info', 'text')\n"
+        "log = logging.getLogger('chatd.exit')\n"
+        "for i in range(2000):\n"
+        "    log.info('line %d', i)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [line for line in out.stderr.splitlines() if " chatd.exit " in line]
+    assert len(lines) == 2000 and lines[-1].endswith("line 1999")
