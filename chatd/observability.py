@@ -293,8 +293,10 @@ class _ChatdHandler(logging.Handler):
         try:
             self.stream.write(text)
             self.stream.flush()
-        except (OSError, ValueError):
-            return False  # stderr closed, gone or refusing: nowhere to say so
+        except Exception:
+            # stderr closed, gone or refusing (OSError, ValueError), or any
+            # other surprise: the writer must outlive it, the lines are counted.
+            return False
         return True
 
     def _write(self) -> None:

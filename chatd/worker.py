@@ -111,15 +111,24 @@ def name_thread(name: bytes) -> None:
         pass  # not Linux: only the name is missing
 
 
-# A client's X-Request-ID, as far as the loop read its head.
-_REQUEST_ID_FIELD = re.compile(rb"\nx-request-id:[ \t]*([^\r\n]*)", re.IGNORECASE)
+# A client's X-Request-ID in a head: a line of its own between CRLFs, not folded
+# onto the next (heads gunicorn would refuse give no id).
+_REQUEST_ID_FIELD = re.compile(
+    rb"\r\nx-request-id:[ \t]*([^\r\n]*)(?=\r\n(?![ \t]))", re.IGNORECASE
+)
 
 
-def shed_request_id(head: bytes) -> str:
-    """The id a shed answer carries: the client's X-Request-ID when what the loop
-    read of its head has a valid one, else a new one (as the app would give)."""
-    found = _REQUEST_ID_FIELD.search(head)
-    return request_id_from(found[1].strip().decode("latin-1") if found else None)
+def client_request_id(head: bytes) -> bytes | None:
+    """The X-Request-ID a head carries, raw; None when it has none or several
+    (gunicorn joins several into one value, which the app then refuses)."""
+    found = _REQUEST_ID_FIELD.findall(head)
+    return found[0] if len(found) == 1 else None
+
+
+def shed_request_id(given: bytes | None) -> str:
+    """The id a shed answer carries: the client's (``given``) when it is one the
+    app would keep, else a new one."""
+    return request_id_from(given.strip().decode("latin-1") if given else None)
 
 
 def shed_body(reason: str, request_line: bytes = b"", request_id: str = "") -> dict:
@@ -136,10 +145,11 @@ def shed_body(reason: str, request_line: bytes = b"", request_id: str = "") -> d
     return {"error": error}
 
 
-def shed_answer(reason: str, head: bytes = b"") -> bytes:
-    """The whole 503 answer, in the error envelope the client reads, with a request id."""
-    request_id = shed_request_id(head)
-    body = codec.dumps(shed_body(reason, head, request_id))
+def shed_answer(reason: str, request_line: bytes = b"", given_id: bytes | None = None) -> bytes:
+    """The whole 503 answer, in the error envelope the client reads, with a request id
+    (the client's ``given_id`` when the app would keep it)."""
+    request_id = shed_request_id(given_id)
+    body = codec.dumps(shed_body(reason, request_line, request_id))
     answer = (
         "HTTP/1.1 503 Service Unavailable\r\n"
         "Content-Type: application/json\r\n"
@@ -292,7 +302,8 @@ class SheddingMixin:
         if not (full or self.saturated) or head.startswith(ALWAYS_SERVED):
             return False
         self.release(conn)
-        conn.request_line = head  # the whole head: its X-Request-ID goes on the 503
+        conn.request_line = head[:PEEK_BYTES]
+        conn.given_request_id = client_request_id(head)
         self._shed(conn)
         return True
 
@@ -447,7 +458,10 @@ class SheddingMixin:
         except OSError:
             pass  # nothing more has arrived (or the client left)
         try:
-            sock.send(shed_answer(reason, getattr(conn, "request_line", b"")))
+            answer = shed_answer(
+                reason, getattr(conn, "request_line", b""), getattr(conn, "given_request_id", None)
+            )
+            sock.send(answer)
             sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass
@@ -698,9 +712,11 @@ class WholeRequests:
     def hand_over(self, conn, held) -> bool:
         """Give ``conn`` to a thread with what was read replayed to gunicorn's parser."""
         self.release(conn)
-        # What shedding looks at (the socket no longer holds it): the head, for
-        # its request line and X-Request-ID.
-        conn.first_bytes = bytes(held.data[: held.head_end if held.head_end > 0 else PEEK_BYTES])
+        # What shedding looks at (the socket no longer holds it): the request
+        # line, and the client's X-Request-ID (not the whole head: a kept-alive
+        # connection would carry a copy of its last one, up to ~800 KiB).
+        conn.first_bytes = bytes(held.data[:PEEK_BYTES])
+        conn.given_request_id = client_request_id(held.data[: max(held.head_end, 0)])
         conn.init()  # makes the parser; no I/O for plain HTTP/1
         conn.parser.unreader.unread(held.data)
         conn.data_ready = True  # gthread must not wait for the socket: the bytes are here

@@ -155,6 +155,10 @@ def test_a_shed_answer_comes_in_the_envelope_its_client_reads(door, request_line
         (b"X-Request-ID: trace-7f3a\r\n", True),
         (b"x-request-id:trace-7f3a\r\n", True),
         (b"X-Request-ID: two words\r\n", False),  # not safe to echo: a new one
+        (b"X-Request-ID: a\r\nX-Request-ID: b\r\n", False),  # gunicorn joins them: refused
+        (b"Foo: bar\nX-Request-ID: trace-7f3a\r\n", False),  # a bare LF: no line of its own
+        (b"X-Request-ID: trace-7f3a\r\n folded\r\n", False),
+        (b"X-Request-ID-Extra: trace-7f3a\r\n", False),
         (b"", False),
     ],
 )
@@ -164,7 +168,11 @@ def test_a_shed_answer_carries_a_request_id_the_clients_when_it_is_safe(given, e
     import re
 
     head = b"POST " + path + b" HTTP/1.1\r\nHost: x\r\n" + given + b"Content-Length: 2\r\n\r\n"
-    answer = chatd_worker.shed_answer("all 2 call slots are taken", head)
+    answer = chatd_worker.shed_answer(
+        "all 2 call slots are taken",
+        head[: chatd_worker.PEEK_BYTES],
+        chatd_worker.client_request_id(head),
+    )
     request_id = re.search(rb"\r\nX-Request-ID: ([^\r]*)\r\n", answer)[1].decode()
     if echoed:
         assert request_id == "trace-7f3a"
@@ -452,3 +460,27 @@ def test_a_request_whole_at_once_is_released_without_touching_the_poller():
     w.release(watched)
     assert w.poller.unregistered == ["watched"]
     assert w.held == {}
+
+
+def test_a_connection_keeps_no_copy_of_its_head_once_handed_to_a_thread():
+    """A kept-alive connection lives long: it carries its request line and the
+    client's request id, not its last head (which gunicorn allows up to ~800 KiB)."""
+    w = chatd_worker.WholeRequests.__new__(chatd_worker.WholeRequests)
+    w.held_bytes = w.reserved_bytes = 0
+    w.enqueue_req = lambda conn: None
+    big = b"POST /chat HTTP/1.1\r\nX-Request-ID: id-1\r\n" + b"X-Pad: " + b"p" * 8000 + b"\r\n\r\n"
+
+    class Conn:
+        sock = None
+        parser = None
+
+        def init(self):
+            self.parser = SimpleNamespace(unreader=SimpleNamespace(unread=lambda data: None))
+
+    conn = Conn()
+    held = chatd_worker.Held(big, 0.0)
+    held.head_end = len(big)
+    w.held = {conn: held}
+    w.hand_over(conn, held)
+    assert conn.first_bytes == big[: chatd_worker.PEEK_BYTES]
+    assert conn.given_request_id == b"id-1"
