@@ -313,15 +313,32 @@ class _ChatdHandler(logging.Handler):
                 self._waiting_bytes -= len(text)
                 dropped, self._dropped = self._dropped, 0
             if dropped:
-                text += f"chatd: {dropped} log lines dropped: stderr did not keep up\n"
+                text += self._dropped_line(dropped)
             if not self._write_now(text):
                 with self._count_lock:
-                    self._dropped += len(lines)  # said when stderr takes lines again
+                    # Said when stderr takes lines again, with those dropped before.
+                    self._dropped += len(lines) + dropped
             for item in batch:
                 if isinstance(item, threading.Event):
                     item.set()
             if None in batch:
                 return
+
+    def _dropped_line(self, dropped: int) -> str:
+        """The line that says ``dropped`` lines were lost, in the log's format."""
+        record = logging.makeLogRecord(
+            {
+                "name": "chatd.log",
+                "levelno": logging.WARNING,
+                "levelname": "WARNING",
+                "msg": f"chatd: {dropped} log lines dropped: stderr did not keep up",
+                "request_id": "-",
+            }
+        )
+        try:
+            return self.format(record) + "\n"
+        except Exception:
+            return record.msg + "\n"
 
     def flush(self) -> None:
         """Wait, FLUSH_WAIT_SECS at most, for the lines logged so far to be written

@@ -95,6 +95,61 @@ def test_lines_a_failed_write_lost_are_counted_too():
         handler.close()
 
 
+def test_lines_dropped_before_a_write_that_fails_are_still_counted():
+    class FailingTwice(StalledStream):
+        failures = 2
+
+        def write(self, text):
+            if self.failures:
+                self.failures -= 1
+                raise BlockingIOError("stderr is non-blocking and full")
+            self.text += text
+
+    stream = FailingTwice()
+    stream.flowing.set()
+    logger, handler = logger_writing_to(stream, "failing-twice")
+    try:
+        logger.info("lost first")
+        wait_for(lambda: stream.failures == 1, 5, "the first failed write")
+        logger.info("lost second")  # goes out with the count of the first: fails too
+        wait_for(lambda: stream.failures == 0, 5, "the second failed write")
+        logger.info("kept")
+        wait_for(lambda: "kept" in stream.text, 5, "the line after")
+        assert stream.text == "kept\nchatd: 2 log lines dropped: stderr did not keep up\n"
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def test_the_count_of_dropped_lines_comes_in_the_logs_format():
+    import json
+
+    class FailingOnce(StalledStream):
+        def write(self, text):
+            if not self.flowing.is_set():
+                self.flowing.set()
+                raise BlockingIOError("full")
+            self.text += text
+
+    stream = FailingOnce()
+    logger, handler = logger_writing_to(stream, "json")
+    handler.setFormatter(observability.JsonFormatter())
+    try:
+        logger.info("lost")
+        wait_for(lambda: stream.flowing.is_set(), 5, "the failed write")
+        logger.info("next")
+        wait_for(lambda: "dropped" in stream.text, 5, "the count")
+        lines = [json.loads(line) for line in stream.text.splitlines()]
+        assert [line["message"] for line in lines] == [
+            "next",
+            "chatd: 1 log lines dropped: stderr did not keep up",
+        ]
+        assert lines[1]["level"] == "warning" and lines[1]["request_id"] == "-"
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
 def test_without_a_writer_thread_lines_are_written_as_they_come(monkeypatch):
     """Closed (a line logged during shutdown), or no thread to be had: as a plain
     StreamHandler would, rather than queue lines nobody will write."""

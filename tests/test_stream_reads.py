@@ -468,3 +468,21 @@ def test_a_connection_back_in_the_pool_has_its_read_timeout_left_alone(monkeypat
             assert adapter.reply(whole_request(), "m").content == "hello"
         assert server.connections == 1
     assert len(sets) == 1
+
+
+def test_a_call_whose_deadline_is_not_the_last_ones_sets_the_read_timeout_again(monkeypatch):
+    """The kept SO_RCVTIMEO is reused only within RECV_TIMEOUT_SLACK: a call on the
+    same connection with a shorter deadline sets its own."""
+    from chatd.adapters import base
+    from chatd.resilience import Deadline
+
+    sets = []
+    real = base._set_recv_timeout
+    monkeypatch.setattr(base, "_set_recv_timeout", lambda sock, s: (sets.append(s), real(sock, s)))
+    with FakeOllama() as fake:
+        adapter = make_wire_adapter(OllamaChatAdapter, "ollama", fake.url)
+        assert adapter.reply(whole_request(), "m").content == "hello"  # timeout_secs: 5 s
+        short = Deadline.after(time.monotonic(), "timeout_secs", 1.0)
+        assert adapter.reply(whole_request(), "m", short).content == "hello"
+        assert fake.connections == 1
+    assert len(sets) == 2 and 4.5 < sets[0] <= 5.0 and 0.5 < sets[1] <= 1.0
