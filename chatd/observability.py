@@ -250,7 +250,7 @@ class _ChatdHandler(logging.Handler):
         super().__init__()
         self.stream = sys.stderr if stream is None else stream
         self._waiting: queue.SimpleQueue = queue.SimpleQueue()
-        self._waiting_bytes = 0
+        self._waiting_chars = 0
         self._dropped = 0
         self._count_lock = threading.Lock()  # the two counts above
         self._writer_pid: int | None = None  # the process whose writer thread runs
@@ -268,10 +268,10 @@ class _ChatdHandler(logging.Handler):
             self._write_now(line)
             return
         with self._count_lock:
-            if self._waiting_bytes + len(line) > MAX_WAITING_CHARS:
+            if self._waiting_chars + len(line) > MAX_WAITING_CHARS:
                 self._dropped += 1
                 return
-            self._waiting_bytes += len(line)
+            self._waiting_chars += len(line)
         self._waiting.put(line)
 
     def _start_writer(self) -> bool:
@@ -310,7 +310,7 @@ class _ChatdHandler(logging.Handler):
             lines = [line for line in batch if isinstance(line, str)]
             text = "".join(lines)
             with self._count_lock:
-                self._waiting_bytes -= len(text)
+                self._waiting_chars -= len(text)
                 dropped, self._dropped = self._dropped, 0
             if dropped:
                 text += self._dropped_line(dropped)

@@ -148,6 +148,7 @@ class LeanHTTPResponse(http.client.HTTPResponse):
     # function that calls parse_headers by name (else it stays the stdlib's).
     if not _code.co_freevars and "parse_headers" in _code.co_names:
         begin = types.FunctionType(_code, {**vars(http.client), "parse_headers": parse_headers})
+    del _code
 
 
 # Heads and bodies up to this size go out in one write; a larger body is not
