@@ -5,8 +5,9 @@ Four changes to gthread, each its own piece, put together in :class:`ChatdWorker
 - :class:`WholeRequests`: gthread hands a connection to a thread as soon as it
   is readable, and that thread then blocks reading a head or body the client
   may drip one byte a second. Here a connection stays in the worker's event
-  loop (non-blocking reads, one selector) until its whole head, and a body of
-  declared length, has arrived, and only then goes on, with the bytes read
+  loop (non-blocking reads, one selector) until its whole head, and its body
+  (of declared length, or chunked to its last chunk), has arrived, and only
+  then goes on, with the bytes read
   replayed to gunicorn's parser. A client that takes longer than
   ``head_timeout_secs`` for its head or ``body_timeout_secs`` for its body gets
   a JSON 408 and is closed.
@@ -44,6 +45,7 @@ from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 
 from chatd import admission, codec
 from chatd.dialects import anthropic, ollama
+from chatd.httpbody import BadBody, BodyDecoder
 from chatd.observability import request_id_from
 from chatd.relay import CAN_RELAY, RELAYED, Relay
 
@@ -308,7 +310,7 @@ class SheddingMixin:
         return True
 
     def _start(self, conn, setup: bool = True) -> None:
-        # A body still to arrive (chunked, or too big to hold) is read by the
+        # A body still to arrive (odd, or past the hold budget) is read by the
         # thread: its client's pace must not hold a set-up slot.
         setup = setup and not getattr(conn, "body_pending", False)
         if setup:
@@ -527,7 +529,18 @@ READ_SIZE = 65536
 class Held:
     """What the event loop has read of one connection's next request."""
 
-    __slots__ = ("data", "head_end", "need", "deadline", "scanned", "reserved", "watched")
+    __slots__ = (
+        "data",
+        "head_end",
+        "need",
+        "deadline",
+        "scanned",
+        "reserved",
+        "watched",
+        "chunks",
+        "fed",
+        "content",
+    )
 
     def __init__(self, data: bytes, deadline: float):
         self.data = bytearray(data)
@@ -537,6 +550,9 @@ class Held:
         self.scanned = 0  # where to resume looking for the blank line
         self.reserved = 0  # the declared body's bytes, counted against the hold budget
         self.watched = False  # registered with the poller
+        self.chunks = None  # a chunked body's decoder: it says when the body is whole
+        self.fed = 0  # how much of ``data`` the decoder has seen
+        self.content = 0  # the chunked body's size so far, without its framing
 
 
 EXPECT_LINE = re.compile(rb"\r?\nexpect:[ \t]*100-continue[ \t]*(?=\r?\n)", re.IGNORECASE)
@@ -547,14 +563,15 @@ def strip_expect(head: bytes) -> bytes:
     return EXPECT_LINE.sub(b"", head, count=1)
 
 
-def declared_body(head: bytes) -> tuple[int | None, bool, bool]:
-    """(Content-Length or None, chunked or otherwise unsure, Expect: 100-continue) of a head.
+def declared_body(head: bytes) -> tuple[int | None, bool, bool, bool]:
+    """(Content-Length or None, unsure, Expect: 100-continue, chunked) of a head.
 
     Only enough to know how much more to wait for: gunicorn's parser still
-    judges the request. Anything odd (two lengths, a bad one) is "unsure",
-    and the connection is handed over at once for gunicorn to refuse.
+    judges the request. Anything odd (two lengths, a bad one, a transfer coding
+    other than chunked alone, chunked with a length) is "unsure", and the
+    connection is handed over at once for gunicorn to refuse.
     """
-    length, unsure, expect = None, False, False
+    length, unsure, expect, codings = None, False, False, []
     for line in head.split(b"\n")[1:]:
         name, sep, value = line.partition(b":")
         if not sep:
@@ -566,10 +583,13 @@ def declared_body(head: bytes) -> tuple[int | None, bool, bool]:
             else:
                 length = int(value)
         elif name == b"transfer-encoding":
-            unsure = True
+            codings.append(value.lower())
         elif name == b"expect" and value.lower() == b"100-continue":
             expect = True
-    return length, unsure, expect
+    chunked = codings == [b"chunked"] and length is None
+    if codings and not chunked:
+        unsure = True
+    return length, unsure, expect, chunked
 
 
 class WholeRequests:
@@ -579,9 +599,11 @@ class WholeRequests:
     kept-alive one turning readable, read-ahead left after a response) goes
     through ``enqueue_req``; this holds the connection in the event loop first.
     TLS and HTTP/2 prior knowledge (neither used by chatd) go straight through.
-    A chunked body, or one over ``max_body_bytes`` (for the app's 413), is
-    handed over after the head; so is any body while the worker already holds
-    ``hold_budget_bytes`` in all.
+    A chunked body is held until its last chunk. A body over ``max_body_bytes``
+    (declared, or counted as chunks arrive) is answered 413 from the loop. A
+    head that is odd about its body (two lengths, another transfer coding) is
+    handed over at once for gunicorn to refuse, and so is any body while the
+    worker already holds ``hold_budget_bytes`` in all.
     """
 
     # Set from gunicorn.conf.py (in the master, so a reload sets them again).
@@ -663,14 +685,16 @@ class WholeRequests:
             head = bytes(held.data[: held.head_end])
             if self.refuse_at_head(conn, head):
                 return True
-            length, unsure, expect = declared_body(head)
-            if not length and not unsure:
+            length, unsure, expect, chunked = declared_body(head)
+            if not length and not unsure and not chunked:
                 return self.hand_over(conn, held)
             if unsure or self.reserved_bytes + (length or 0) > self.hold_budget_bytes:
-                # Chunked (or odd) bodies, or past what the worker may hold: the
-                # thread reads the body, but holds no set-up slot meanwhile.
+                # Odd bodies, or past what the worker may hold: the thread reads
+                # the body, but holds no set-up slot meanwhile.
                 conn.body_pending = True
                 return self.hand_over(conn, held)
+            if chunked:
+                return self._hold_chunked(conn, held, head, expect)
             if length > self.max_body_bytes:
                 # Refused from the main loop: no thread waits for a body it will refuse.
                 self.release(conn)
@@ -688,20 +712,63 @@ class WholeRequests:
                 and len(held.data) < held.need
                 and head.split(b"\n", 1)[0].rstrip().endswith(b"HTTP/1.1")
             ):
-                try:
-                    conn.sock.send(CONTINUE)  # 25 bytes into an empty send buffer
-                except OSError:
-                    pass
-                # Answered here: gunicorn must not send a second 100 when a thread reads it.
-                stripped = strip_expect(head)
-                cut = held.head_end - len(stripped)
-                held.data[: held.head_end] = stripped
-                held.head_end -= cut
-                held.need -= cut
-                self.held_bytes -= cut
+                self._continue(conn, held, head)
+        if held.chunks is not None:
+            return self._advance_chunked(conn, held)
         if len(held.data) >= held.need:
             return self.hand_over(conn, held)
         return False
+
+    def _hold_chunked(self, conn, held, head: bytes, expect: bool) -> bool:
+        """Hold a chunked body too, until its last chunk: its size is known only
+        then, and a client dripping it must hold no thread meanwhile."""
+        held.deadline = time.monotonic() + self.body_timeout_secs
+        if (
+            expect
+            and len(held.data) == held.head_end
+            and head.split(b"\n", 1)[0].rstrip().endswith(b"HTTP/1.1")
+        ):
+            self._continue(conn, held, head)
+        held.chunks = BodyDecoder(chunked=True, length=None)
+        held.fed = held.head_end
+        return self._advance_chunked(conn, held)
+
+    def _advance_chunked(self, conn, held) -> bool:
+        new = bytes(held.data[held.fed :])
+        held.fed = len(held.data)
+        # What a chunked body holds counts against the budget as it arrives.
+        held.reserved += len(new)
+        self.reserved_bytes += len(new)
+        try:
+            held.content += len(held.chunks.feed(new))
+        except BadBody:
+            return self.hand_over(conn, held)  # gunicorn's parser refuses it (400)
+        # Tiny chunks are mostly framing: the raw bytes are bounded too.
+        if held.content > self.max_body_bytes or held.fed - held.head_end > 2 * self.max_body_bytes:
+            self.release(conn)
+            mesg = f"request body is larger than max_request_bytes ({self.max_body_bytes} bytes)"
+            self.drop(conn, json_error(413, "Content Too Large", mesg))
+            return True
+        if held.chunks.done:
+            return self.hand_over(conn, held)
+        if self.reserved_bytes > self.hold_budget_bytes:
+            conn.body_pending = True  # as for any body past the budget: a thread reads it
+            return self.hand_over(conn, held)
+        return False
+
+    def _continue(self, conn, held, head: bytes) -> None:
+        """Send ``100 Continue`` now, and take the Expect out of the head: gunicorn
+        must not send a second one when a thread reads the request."""
+        try:
+            conn.sock.send(CONTINUE)  # 25 bytes into an empty send buffer
+        except OSError:
+            pass
+        stripped = strip_expect(head)
+        cut = held.head_end - len(stripped)
+        held.data[: held.head_end] = stripped
+        held.head_end -= cut
+        held.need -= cut
+        self.held_bytes -= cut
 
     def refuse_at_head(self, conn, head: bytes) -> bool:
         """Answer ``conn`` now, from its head alone, if a class after this one in the

@@ -484,3 +484,24 @@ def test_a_connection_keeps_no_copy_of_its_head_once_handed_to_a_thread():
     w.hand_over(conn, held)
     assert conn.first_bytes == big[: chatd_worker.PEEK_BYTES]
     assert conn.given_request_id == b"id-1"
+
+
+@pytest.mark.parametrize(
+    "fields, expected",
+    [
+        (b"Content-Length: 12\r\n", (12, False, False, False)),
+        (b"Transfer-Encoding: chunked\r\n", (None, False, False, True)),
+        (b"transfer-encoding: Chunked\r\nExpect: 100-continue\r\n", (None, False, True, True)),
+        (b"Transfer-Encoding: gzip, chunked\r\n", (None, True, False, False)),
+        (
+            b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+            (None, True, False, False),
+        ),
+        (b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", (5, True, False, False)),
+        (b"Content-Length: 5\r\nContent-Length: 5\r\n", (5, True, False, False)),
+        (b"", (None, False, False, False)),
+    ],
+)
+def test_what_a_head_says_of_its_body(fields, expected):
+    head = b"POST /chat HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n"
+    assert chatd_worker.declared_body(head) == expected
