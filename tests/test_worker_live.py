@@ -148,3 +148,15 @@ def test_a_chunked_body_of_tiny_chunks_is_bounded_by_its_raw_size(live):
         while chunk := sock.recv(4096):
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 413 ")
+
+
+def test_a_chunked_body_that_expects_100_continue_gets_it_once(live):
+    head = CHUNKED_HEAD.replace(b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", live.port), timeout=5) as sock:
+        sock.sendall(head)
+        interim = sock.recv(4096)
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(CHAT), CHAT))
+        head, body = read_answer(sock)
+    assert head.startswith(b"HTTP/1.1 200 "), head  # not a second 100
+    assert json.loads(body)["message"]["content"] == "from local ollama"
