@@ -1,4 +1,4 @@
-"""chatd.httpbody ~~~ An HTTP/1.1 body, decoded from its socket's bytes.
+"""chatd.httpbody ~~~ A streamed answer's body, decoded from its socket's bytes.
 
 Once a stream's head is in, chatd reads its body straight from the socket
 rather than through urllib3, whose reads block: the relay (:mod:`chatd.relay`)
@@ -6,9 +6,7 @@ reads every open stream of a worker on one thread, waiting on many sockets at
 once. This is the little of HTTP/1.1 that needs (RFC 9112 sections 6 and 7):
 chunked, Content-Length or close-delimited framing, and the gzip and deflate
 content codings requests asks for. A body in any other coding is read by
-urllib3 as before (:meth:`BodyDecoder.for_headers` returns None). The worker
-(:mod:`chatd.worker`) uses the same decoder to know when a client's chunked
-request body is whole.
+urllib3 as before (:meth:`BodyDecoder.for_headers` returns None).
 """
 
 from __future__ import annotations

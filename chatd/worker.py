@@ -38,14 +38,17 @@ import time
 from collections import deque
 from concurrent import futures
 from functools import cached_property, partial
+from types import SimpleNamespace
 
+import greenlet
 from gunicorn import util
+from gunicorn.http.body import ChunkedReader
+from gunicorn.http.message import DEFAULT_MAX_HEADERFIELD_SIZE, MAX_HEADERS
 from gunicorn.http2 import negotiation
 from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 
 from chatd import admission, codec
 from chatd.dialects import anthropic, ollama
-from chatd.httpbody import BadBody, BodyDecoder
 from chatd.observability import request_id_from
 from chatd.relay import CAN_RELAY, RELAYED, Relay
 
@@ -563,13 +566,19 @@ def strip_expect(head: bytes) -> bytes:
     return EXPECT_LINE.sub(b"", head, count=1)
 
 
+# Transfer codings gunicorn takes before a last ``chunked``.
+_BEFORE_CHUNKED = frozenset({b"identity", b"gzip", b"deflate", b"compress"})
+
+
 def declared_body(head: bytes) -> tuple[int | None, bool, bool, bool]:
     """(Content-Length or None, unsure, Expect: 100-continue, chunked) of a head.
 
     Only enough to know how much more to wait for: gunicorn's parser still
-    judges the request. Anything odd (two lengths, a bad one, a transfer coding
-    other than chunked alone, chunked with a length) is "unsure", and the
-    connection is handed over at once for gunicorn to refuse.
+    judges the request. ``chunked`` as gunicorn reads it (codings listed in one
+    or more Transfer-Encoding fields, ending in one ``chunked``; HTTP/1.1; no
+    Content-Length). Anything else odd (two lengths, a bad one, other codings)
+    is "unsure", and the connection is handed over at once: gunicorn refuses
+    such a head before reading any body.
     """
     length, unsure, expect, codings = None, False, False, []
     for line in head.split(b"\n")[1:]:
@@ -583,13 +592,74 @@ def declared_body(head: bytes) -> tuple[int | None, bool, bool, bool]:
             else:
                 length = int(value)
         elif name == b"transfer-encoding":
-            codings.append(value.lower())
+            codings += [coding.strip(b" \t").lower() for coding in value.split(b",")]
         elif name == b"expect" and value.lower() == b"100-continue":
             expect = True
-    chunked = codings == [b"chunked"] and length is None
+    chunked = (
+        bool(codings)
+        and codings[-1] == b"chunked"
+        and _BEFORE_CHUNKED.issuperset(codings[:-1])
+        and length is None
+        and head.split(b"\n", 1)[0].rstrip().endswith(b"HTTP/1.1")
+    )
     if codings and not chunked:
         unsure = True
     return length, unsure, expect, chunked
+
+
+class HeldChunks:
+    """Where a held chunked body ends, as gunicorn's own reader sees it.
+
+    gunicorn's ChunkedReader runs in a greenlet over the bytes held so far;
+    when it wants more, it switches back to the event loop, which resumes it
+    as bytes arrive. So the request goes to a thread exactly when gunicorn
+    can read its whole body (or refuse it) from what is held, never waiting on
+    the client: chatd and gunicorn cannot disagree on where the body ends.
+    """
+
+    def __init__(self, limits, max_content: int):
+        self.max_content = max_content
+        self.content = 0  # the body's bytes so far, without their framing
+        self.done = False  # it ended: gunicorn reads it whole from what is held
+        self.refused = False  # gunicorn's reader refused it: gunicorn answers 400
+        self.too_large = False
+        self._pending = b""
+        self._reader = ChunkedReader(limits, self)
+        self._parse = greenlet.greenlet(self._run)
+
+    def feed(self, data: bytes) -> None:
+        """(The event loop.) ``data`` arrived: the reader takes what it can."""
+        self._pending += data
+        if self._parse is not None and not self._parse.dead:
+            self._parse.switch()
+
+    def close(self) -> None:
+        """End the reader's greenlet now, in the loop's thread, if it still waits."""
+        parse, self._parse = self._parse, None
+        if parse is not None and not parse.dead:
+            parse.throw()  # GreenletExit: ends it quietly
+
+    def _run(self) -> None:
+        try:
+            for piece in self._reader.parser:
+                self.content += len(piece)
+                if self.content > self.max_content:
+                    self.too_large = True
+                    return
+            self.done = True
+        except Exception:
+            self.refused = True
+
+    # -- the unreader, as ChunkedReader uses it ------------------------------
+
+    def read(self, size=None, read_ahead=None) -> bytes:
+        while not self._pending:
+            greenlet.getcurrent().parent.switch()  # back to the loop until more comes
+        data, self._pending = self._pending, b""
+        return data
+
+    def unread(self, data: bytes) -> None:
+        self._pending = data + self._pending
 
 
 class WholeRequests:
@@ -618,6 +688,19 @@ class WholeRequests:
         # Bodies the held connections declared: what holding them all will cost.
         self.reserved_bytes = 0
         cfg = self.cfg
+        # What gunicorn's chunked reader is given by each request (gunicorn's
+        # Message works them out the same way), for HeldChunks.
+        field_size = cfg.limit_request_field_size
+        if field_size <= 0:
+            field_size = DEFAULT_MAX_HEADERFIELD_SIZE
+        fields = cfg.limit_request_fields
+        if fields <= 0 or fields > MAX_HEADERS:
+            fields = MAX_HEADERS
+        self.chunk_limits = SimpleNamespace(
+            limit_request_field_size=field_size,
+            max_buffer_headers=fields * (field_size + 2) + 4,
+            parse_headers=lambda data, from_trailer=False: [],  # gunicorn judges them later
+        )
         # The largest head gunicorn's limits allow: past it, gunicorn refuses it.
         self.max_head_bytes = (
             (cfg.limit_request_line or 8190)
@@ -720,16 +803,12 @@ class WholeRequests:
         return False
 
     def _hold_chunked(self, conn, held, head: bytes, expect: bool) -> bool:
-        """Hold a chunked body too, until its last chunk: its size is known only
-        then, and a client dripping it must hold no thread meanwhile."""
+        """Hold a chunked body too, until gunicorn's reader has all of it: its size
+        is known only then, and a client dripping it must hold no thread meanwhile."""
         held.deadline = time.monotonic() + self.body_timeout_secs
-        if (
-            expect
-            and len(held.data) == held.head_end
-            and head.split(b"\n", 1)[0].rstrip().endswith(b"HTTP/1.1")
-        ):
+        if expect and len(held.data) == held.head_end:
             self._continue(conn, held, head)
-        held.chunks = BodyDecoder(chunked=True, length=None)
+        held.chunks = HeldChunks(self.chunk_limits, self.max_body_bytes)
         held.fed = held.head_end
         return self._advance_chunked(conn, held)
 
@@ -739,18 +818,16 @@ class WholeRequests:
         # What a chunked body holds counts against the budget as it arrives.
         held.reserved += len(new)
         self.reserved_bytes += len(new)
-        try:
-            held.content += len(held.chunks.feed(new))
-        except BadBody:
-            return self.hand_over(conn, held)  # gunicorn's parser refuses it (400)
+        chunks = held.chunks
+        chunks.feed(new)
         # Tiny chunks are mostly framing: the raw bytes are bounded too.
-        if held.content > self.max_body_bytes or held.fed - held.head_end > 2 * self.max_body_bytes:
+        if chunks.too_large or held.fed - held.head_end > 2 * self.max_body_bytes:
             self.release(conn)
             mesg = f"request body is larger than max_request_bytes ({self.max_body_bytes} bytes)"
             self.drop(conn, json_error(413, "Content Too Large", mesg))
             return True
-        if held.chunks.done:
-            return self.hand_over(conn, held)
+        if chunks.done or chunks.refused:
+            return self.hand_over(conn, held)  # refused: gunicorn answers 400 at once
         if self.reserved_bytes > self.hold_budget_bytes:
             conn.body_pending = True  # as for any body past the budget: a thread reads it
             return self.hand_over(conn, held)
@@ -796,6 +873,8 @@ class WholeRequests:
         held = self.held.pop(conn)
         self.held_bytes -= len(held.data)
         self.reserved_bytes -= held.reserved
+        if held.chunks is not None:
+            held.chunks.close()
         # Most requests are whole at once and never watched: unregistering one
         # would raise a KeyError whose message formats the socket (getsockname).
         if held.watched:

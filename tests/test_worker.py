@@ -492,7 +492,13 @@ def test_a_connection_keeps_no_copy_of_its_head_once_handed_to_a_thread():
         (b"Content-Length: 12\r\n", (12, False, False, False)),
         (b"Transfer-Encoding: chunked\r\n", (None, False, False, True)),
         (b"transfer-encoding: Chunked\r\nExpect: 100-continue\r\n", (None, False, True, True)),
-        (b"Transfer-Encoding: gzip, chunked\r\n", (None, True, False, False)),
+        (b"Transfer-Encoding: gzip, chunked\r\n", (None, False, False, True)),
+        (
+            b"Transfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n",
+            (None, False, False, True),
+        ),
+        (b"Transfer-Encoding: chunked, gzip\r\n", (None, True, False, False)),
+        (b"Transfer-Encoding: br, chunked\r\n", (None, True, False, False)),
         (
             b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
             (None, True, False, False),
@@ -505,3 +511,54 @@ def test_a_connection_keeps_no_copy_of_its_head_once_handed_to_a_thread():
 def test_what_a_head_says_of_its_body(fields, expected):
     head = b"POST /chat HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n"
     assert chatd_worker.declared_body(head) == expected
+
+
+def test_a_chunked_body_in_http_1_0_is_not_held():
+    """gunicorn refuses it from its head: holding its body would only waste time."""
+    head = b"POST /chat HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"
+    assert chatd_worker.declared_body(head) == (None, True, False, False)
+
+
+def held_chunks(max_content: int = 1000) -> chatd_worker.HeldChunks:
+    limits = SimpleNamespace(
+        limit_request_field_size=8190,
+        max_buffer_headers=100 * 8192 + 4,
+        parse_headers=lambda data, from_trailer=False: [],
+    )
+    return chatd_worker.HeldChunks(limits, max_content)
+
+
+@pytest.mark.parametrize(
+    "body, done",
+    [
+        (b"5\r\nhello\r\n0\r\n\r\n", True),
+        (b"5;ext=1\r\nhello\r\n0\r\nX-Trailer: t\r\n\r\n", True),
+        (b"5\r\nhello\r\n0\r\n\r\nPOST /next HTTP/1.1\r\n", True),  # pipelined: its own
+        (b"0\n\n", False),  # gunicorn wants CRLF: it waits for more
+        (b"1\nx\n0\n\n", False),
+        (b"0\r\n\r\r\n", False),
+        (b"00000000000000001\r\n", False),  # a long size is still a size: its byte waits
+        (b"5\r\nhello", False),
+    ],
+)
+def test_a_held_chunked_body_ends_where_gunicorns_reader_says(body, done):
+    for pieces in ([body], [body[i : i + 1] for i in range(len(body))]):  # whole, byte by byte
+        chunks = held_chunks()
+        for piece in pieces:
+            chunks.feed(piece)
+        assert (chunks.done, chunks.refused) == (done, False), pieces
+        chunks.close()
+
+
+def test_a_held_chunked_body_gunicorn_refuses_is_handed_over_for_its_400():
+    chunks = held_chunks()
+    chunks.feed(b"zz\r\n")
+    assert chunks.refused and not chunks.done
+
+
+def test_a_held_chunked_body_past_its_limit_is_too_large():
+    chunks = held_chunks(max_content=10)
+    chunks.feed(b"6\r\nhello \r\n")
+    assert not chunks.too_large
+    chunks.feed(b"6\r\nworld!\r\n")
+    assert chunks.too_large and not chunks.done
