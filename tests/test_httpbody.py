@@ -1,4 +1,4 @@
-"""chatd.httpbody: a streamed body decoded from the socket's bytes, however
+"""chatd.adapters.httpbody: a streamed body decoded from the socket's bytes, however
 they are split, and refused when its framing is broken."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import zlib
 
 import pytest
 
-from chatd.httpbody import MAX_LINE, BadBody, BodyDecoder
+from chatd.adapters.httpbody import MAX_LINE, BadBody, BodyDecoder
 
 CHUNKED = b"5\r\nHello\r\n7;ext=1\r\n, there\r\n0\r\nTrailer: x\r\n\r\n"
 

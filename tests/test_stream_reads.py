@@ -1,4 +1,4 @@
-"""A stream read straight from its socket (chatd.httpbody), over TLS and
+"""A stream read straight from its socket (chatd.adapters.httpbody), over TLS and
 plain TCP, gzip or not, on a request thread and on the relay.
 
 The upstream here is a small server of the test's own, on loopback, speaking

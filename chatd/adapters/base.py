@@ -28,6 +28,7 @@ import urllib3
 
 from chatd import admission, codec, relay
 from chatd.adapters.framing import BadEvent, StreamCut
+from chatd.adapters.httpbody import BadBody, BodyDecoder
 from chatd.errors import (
     BadRequest,
     UpstreamError,
@@ -36,7 +37,6 @@ from chatd.errors import (
     redact,
     trim,
 )
-from chatd.httpbody import BadBody, BodyDecoder
 from chatd.neutral import ChatRequest, Event, Reply
 from chatd.resilience import PROVIDER, Deadline, Policy
 from chatd.sessions import head_deadline
@@ -667,7 +667,7 @@ class ChatAdapter:
     def _stream_reads(self, response: requests.Response, deadline: Callable[[], tuple]):
         """Yield a stream's body as it comes, each read bounded by ``deadline()``.
 
-        A plain or TLS socket with a body :mod:`~chatd.httpbody` can
+        A plain or TLS socket with a body :mod:`~chatd.adapters.httpbody` can
         decode is read straight from the socket: blocking (with SO_RCVTIMEO, as
         in :meth:`_reads`) on a request thread, and through the stream's
         :meth:`relay.Relayed.recv` once the relay carries the stream on. Any

@@ -1,4 +1,4 @@
-"""chatd.httpbody ~~~ A streamed answer's body, decoded from its socket's bytes.
+"""chatd.adapters.httpbody ~~~ A streamed answer's body, decoded from its socket's bytes.
 
 Once a stream's head is in, chatd reads its body straight from the socket
 rather than through urllib3, whose reads block: the relay (:mod:`chatd.relay`)
