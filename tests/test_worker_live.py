@@ -42,6 +42,8 @@ def test_a_body_over_the_limit_is_refused_from_the_main_loop_at_once(live):
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413 ")
     assert json.loads(body)["error"]["type"] == "request_too_large"
+    # No request was parsed for it: unlike a shed, it carries no request id (README, "Errors").
+    assert b"x-request-id" not in head.lower() and "request_id" not in json.loads(body)["error"]
 
 
 def test_clients_that_ask_to_close_and_never_read_stall_nothing(live):
