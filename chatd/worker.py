@@ -5,8 +5,9 @@ Four changes to gthread, each its own piece, put together in :class:`ChatdWorker
 - :class:`WholeRequests`: gthread hands a connection to a thread as soon as it
   is readable, and that thread then blocks reading a head or body the client
   may drip one byte a second. Here a connection stays in the worker's event
-  loop (non-blocking reads, one selector) until its whole head, and a body of
-  declared length, has arrived, and only then goes on, with the bytes read
+  loop (non-blocking reads, one selector) until its whole head, and its body
+  (of declared length, or chunked to its last chunk), has arrived, and only
+  then goes on, with the bytes read
   replayed to gunicorn's parser. A client that takes longer than
   ``head_timeout_secs`` for its head or ``body_timeout_secs`` for its body gets
   a JSON 408 and is closed.
@@ -37,8 +38,14 @@ import time
 from collections import deque
 from concurrent import futures
 from functools import cached_property, partial
+from types import SimpleNamespace
 
+import greenlet
 from gunicorn import util
+from gunicorn.http.body import ChunkedReader
+from gunicorn.http.errors import LimitRequestHeaders
+from gunicorn.http.message import DEFAULT_MAX_HEADERFIELD_SIZE, MAX_HEADERS
+from gunicorn.http.unreader import SocketUnreader
 from gunicorn.http2 import negotiation
 from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 
@@ -308,7 +315,7 @@ class SheddingMixin:
         return True
 
     def _start(self, conn, setup: bool = True) -> None:
-        # A body still to arrive (chunked, or too big to hold) is read by the
+        # A body still to arrive (odd, or past the hold budget) is read by the
         # thread: its client's pace must not hold a set-up slot.
         setup = setup and not getattr(conn, "body_pending", False)
         if setup:
@@ -527,7 +534,18 @@ READ_SIZE = 65536
 class Held:
     """What the event loop has read of one connection's next request."""
 
-    __slots__ = ("data", "head_end", "need", "deadline", "scanned", "reserved", "watched")
+    __slots__ = (
+        "data",
+        "head_end",
+        "need",
+        "deadline",
+        "scanned",
+        "reserved",
+        "watched",
+        "chunks",
+        "fed",
+        "content",
+    )
 
     def __init__(self, data: bytes, deadline: float):
         self.data = bytearray(data)
@@ -537,6 +555,9 @@ class Held:
         self.scanned = 0  # where to resume looking for the blank line
         self.reserved = 0  # the declared body's bytes, counted against the hold budget
         self.watched = False  # registered with the poller
+        self.chunks = None  # a chunked body's decoder: it says when the body is whole
+        self.fed = 0  # how much of ``data`` the decoder has seen
+        self.content = 0  # the chunked body's size so far, without its framing
 
 
 EXPECT_LINE = re.compile(rb"\r?\nexpect:[ \t]*100-continue[ \t]*(?=\r?\n)", re.IGNORECASE)
@@ -547,14 +568,21 @@ def strip_expect(head: bytes) -> bytes:
     return EXPECT_LINE.sub(b"", head, count=1)
 
 
-def declared_body(head: bytes) -> tuple[int | None, bool, bool]:
-    """(Content-Length or None, chunked or otherwise unsure, Expect: 100-continue) of a head.
+# Transfer codings gunicorn takes before a last ``chunked``.
+_BEFORE_CHUNKED = frozenset({b"identity", b"gzip", b"deflate", b"compress"})
+
+
+def declared_body(head: bytes) -> tuple[int | None, bool, bool, bool]:
+    """(Content-Length or None, unsure, Expect: 100-continue, chunked) of a head.
 
     Only enough to know how much more to wait for: gunicorn's parser still
-    judges the request. Anything odd (two lengths, a bad one) is "unsure",
-    and the connection is handed over at once for gunicorn to refuse.
+    judges the request. ``chunked`` as gunicorn reads it (codings listed in one
+    or more Transfer-Encoding fields, ending in one ``chunked``; HTTP/1.1; no
+    Content-Length). Anything else odd (two lengths, a bad one, other codings)
+    is "unsure", and the connection is handed over at once: gunicorn refuses
+    such a head before reading any body.
     """
-    length, unsure, expect = None, False, False
+    length, unsure, expect, codings = None, False, False, []
     for line in head.split(b"\n")[1:]:
         name, sep, value = line.partition(b":")
         if not sep:
@@ -566,10 +594,123 @@ def declared_body(head: bytes) -> tuple[int | None, bool, bool]:
             else:
                 length = int(value)
         elif name == b"transfer-encoding":
-            unsure = True
+            codings += [coding.strip(b" \t").lower() for coding in value.split(b",")]
         elif name == b"expect" and value.lower() == b"100-continue":
             expect = True
-    return length, unsure, expect
+    chunked = (
+        bool(codings)
+        and codings[-1] == b"chunked"
+        and _BEFORE_CHUNKED.issuperset(codings[:-1])
+        and length is None
+        and http_version(head) >= (1, 1)
+    )
+    if codings and not chunked:
+        unsure = True
+    return length, unsure, expect, chunked
+
+
+class HeldUnreader(SocketUnreader):
+    """gunicorn's socket unreader, giving first what the loop held, in the pieces
+    a socket read would. Replayed whole, a chunked body makes gunicorn's reader
+    copy what is left of its read per chunk: quadratic in the body (4 s of CPU
+    for 4 MiB of 4 KiB chunks)."""
+
+    def __init__(self, sock, held: bytes):
+        super().__init__(sock)
+        self.held = memoryview(held)
+
+    def chunk(self, size_hint=None):
+        if not self.held:
+            return super().chunk(size_hint)
+        size = self.mxchunk
+        if size_hint and size_hint > size:
+            size = min(size_hint, self.max_body_chunk)
+        piece, self.held = bytes(self.held[:size]), self.held[size:]
+        return piece
+
+    def take_buffered(self):
+        data = super().take_buffered() + bytes(self.held)  # what was unread comes first
+        self.held = memoryview(b"")
+        return data
+
+
+def http_version(head: bytes) -> tuple[int, int]:
+    """The request line's HTTP version, as gunicorn reads it (one CRLF before
+    the request line is skipped); (0, 0) when there is none to read."""
+    if head.startswith(b"\r\n"):
+        head = head[2:]
+    version = head.split(b"\r\n", 1)[0].rsplit(b" ", 1)[-1]
+    if len(version) == 8 and version[:5] == b"HTTP/" and version[6:7] == b".":
+        major, minor = version[5:6], version[7:8]
+        if major.isdigit() and minor.isdigit():
+            return int(major), int(minor)
+    return (0, 0)
+
+
+class HeldChunks:
+    """Where a held chunked body ends, as gunicorn's own reader sees it.
+
+    gunicorn's ChunkedReader runs in a greenlet over the bytes held so far;
+    when it wants more, it switches back to the event loop, which resumes it
+    as bytes arrive. So the request goes to a thread exactly when gunicorn
+    can read its whole body (or refuse it) from what is held, never waiting on
+    the client: chatd and gunicorn cannot disagree on where the body ends.
+    """
+
+    #: Trailers held, at most (gunicorn allows a head's worth, ~800 KiB, and
+    #: rescans them per read: dripped, that is quadratic on the event loop).
+    #: Past it, the loop answers 431: no client of chatd sends trailers.
+    MAX_TRAILERS = 8 * 1024
+    #: What one read of the held bytes returns, at most: what a socket read
+    #: gives gunicorn, so its reader costs here what it costs on a socket.
+    READ_SIZE = 8 * 1024
+
+    def __init__(self, limits, max_content: int):
+        self.max_content = max_content
+        self.content = 0  # the body's bytes so far, without their framing
+        self.done = False  # it ended: gunicorn reads it whole from what is held
+        self.refused = False  # gunicorn's reader refused it: gunicorn answers 400
+        self.too_large = False
+        self.trailers_too_large = False
+        self._pending = b""
+        self._reader = ChunkedReader(limits, self)
+        self._parse = greenlet.greenlet(self._run)
+
+    def feed(self, data: bytes) -> None:
+        """(The event loop.) ``data`` arrived: the reader takes what it can."""
+        self._pending += data
+        if self._parse is not None and not self._parse.dead:
+            self._parse.switch()
+
+    def close(self) -> None:
+        """End the reader's greenlet now, in the loop's thread, if it still waits."""
+        parse, self._parse = self._parse, None
+        if parse is not None and not parse.dead:
+            parse.throw()  # GreenletExit: ends it quietly
+
+    def _run(self) -> None:
+        try:
+            for piece in self._reader.parser:
+                self.content += len(piece)
+                if self.content > self.max_content:
+                    self.too_large = True
+                    return
+            self.done = True
+        except LimitRequestHeaders:
+            self.trailers_too_large = True  # over our limit, maybe not gunicorn's
+        except Exception:
+            self.refused = True
+
+    # -- the unreader, as ChunkedReader uses it ------------------------------
+
+    def read(self, size=None, read_ahead=None) -> bytes:
+        while not self._pending:
+            greenlet.getcurrent().parent.switch()  # back to the loop until more comes
+        data, self._pending = self._pending[: self.READ_SIZE], self._pending[self.READ_SIZE :]
+        return data
+
+    def unread(self, data: bytes) -> None:
+        self._pending = data + self._pending
 
 
 class WholeRequests:
@@ -579,9 +720,11 @@ class WholeRequests:
     kept-alive one turning readable, read-ahead left after a response) goes
     through ``enqueue_req``; this holds the connection in the event loop first.
     TLS and HTTP/2 prior knowledge (neither used by chatd) go straight through.
-    A chunked body, or one over ``max_body_bytes`` (for the app's 413), is
-    handed over after the head; so is any body while the worker already holds
-    ``hold_budget_bytes`` in all.
+    A chunked body is held until its last chunk. A body over ``max_body_bytes``
+    (declared, or counted as chunks arrive) is answered 413 from the loop. A
+    head that is odd about its body (two lengths, another transfer coding) is
+    handed over at once for gunicorn to refuse, and so is any body while the
+    worker already holds ``hold_budget_bytes`` in all.
     """
 
     # Set from gunicorn.conf.py (in the master, so a reload sets them again).
@@ -596,6 +739,19 @@ class WholeRequests:
         # Bodies the held connections declared: what holding them all will cost.
         self.reserved_bytes = 0
         cfg = self.cfg
+        # What gunicorn's chunked reader is given by each request (gunicorn's
+        # Message works them out the same way), for HeldChunks.
+        field_size = cfg.limit_request_field_size
+        if field_size <= 0:
+            field_size = DEFAULT_MAX_HEADERFIELD_SIZE
+        fields = cfg.limit_request_fields
+        if fields <= 0 or fields > MAX_HEADERS:
+            fields = MAX_HEADERS
+        self.chunk_limits = SimpleNamespace(
+            limit_request_field_size=field_size,
+            max_buffer_headers=min(HeldChunks.MAX_TRAILERS, fields * (field_size + 2) + 4),
+            parse_headers=lambda data, from_trailer=False: [],  # gunicorn judges them later
+        )
         # The largest head gunicorn's limits allow: past it, gunicorn refuses it.
         self.max_head_bytes = (
             (cfg.limit_request_line or 8190)
@@ -663,14 +819,16 @@ class WholeRequests:
             head = bytes(held.data[: held.head_end])
             if self.refuse_at_head(conn, head):
                 return True
-            length, unsure, expect = declared_body(head)
-            if not length and not unsure:
+            length, unsure, expect, chunked = declared_body(head)
+            if not length and not unsure and not chunked:
                 return self.hand_over(conn, held)
             if unsure or self.reserved_bytes + (length or 0) > self.hold_budget_bytes:
-                # Chunked (or odd) bodies, or past what the worker may hold: the
-                # thread reads the body, but holds no set-up slot meanwhile.
+                # Odd bodies, or past what the worker may hold: the thread reads
+                # the body, but holds no set-up slot meanwhile.
                 conn.body_pending = True
                 return self.hand_over(conn, held)
+            if chunked:
+                return self._hold_chunked(conn, held, head, expect)
             if length > self.max_body_bytes:
                 # Refused from the main loop: no thread waits for a body it will refuse.
                 self.release(conn)
@@ -688,20 +846,62 @@ class WholeRequests:
                 and len(held.data) < held.need
                 and head.split(b"\n", 1)[0].rstrip().endswith(b"HTTP/1.1")
             ):
-                try:
-                    conn.sock.send(CONTINUE)  # 25 bytes into an empty send buffer
-                except OSError:
-                    pass
-                # Answered here: gunicorn must not send a second 100 when a thread reads it.
-                stripped = strip_expect(head)
-                cut = held.head_end - len(stripped)
-                held.data[: held.head_end] = stripped
-                held.head_end -= cut
-                held.need -= cut
-                self.held_bytes -= cut
+                self._continue(conn, held, head)
+        if held.chunks is not None:
+            return self._advance_chunked(conn, held)
         if len(held.data) >= held.need:
             return self.hand_over(conn, held)
         return False
+
+    def _hold_chunked(self, conn, held, head: bytes, expect: bool) -> bool:
+        """Hold a chunked body too, until gunicorn's reader has all of it: its size
+        is known only then, and a client dripping it must hold no thread meanwhile."""
+        held.deadline = time.monotonic() + self.body_timeout_secs
+        if expect and len(held.data) == held.head_end:
+            self._continue(conn, held, head)
+        held.chunks = HeldChunks(self.chunk_limits, self.max_body_bytes)
+        held.fed = held.head_end
+        return self._advance_chunked(conn, held)
+
+    def _advance_chunked(self, conn, held) -> bool:
+        new = bytes(held.data[held.fed :])
+        held.fed = len(held.data)
+        # What a chunked body holds counts against the budget as it arrives.
+        held.reserved += len(new)
+        self.reserved_bytes += len(new)
+        chunks = held.chunks
+        chunks.feed(new)
+        # Tiny chunks are mostly framing: the raw bytes are bounded too.
+        if chunks.too_large or held.fed - held.head_end > 2 * self.max_body_bytes:
+            self.release(conn)
+            mesg = f"request body is larger than max_request_bytes ({self.max_body_bytes} bytes)"
+            self.drop(conn, json_error(413, "Content Too Large", mesg))
+            return True
+        if chunks.trailers_too_large:
+            self.release(conn)
+            mesg = f"request trailers are larger than {HeldChunks.MAX_TRAILERS} bytes"
+            self.drop(conn, json_error(431, "Request Header Fields Too Large", mesg))
+            return True
+        if chunks.done or chunks.refused:
+            return self.hand_over(conn, held)  # refused: gunicorn answers 400 at once
+        if self.reserved_bytes > self.hold_budget_bytes:
+            conn.body_pending = True  # as for any body past the budget: a thread reads it
+            return self.hand_over(conn, held)
+        return False
+
+    def _continue(self, conn, held, head: bytes) -> None:
+        """Send ``100 Continue`` now, and take the Expect out of the head: gunicorn
+        must not send a second one when a thread reads the request."""
+        try:
+            conn.sock.send(CONTINUE)  # 25 bytes into an empty send buffer
+        except OSError:
+            pass
+        stripped = strip_expect(head)
+        cut = held.head_end - len(stripped)
+        held.data[: held.head_end] = stripped
+        held.head_end -= cut
+        held.need -= cut
+        self.held_bytes -= cut
 
     def refuse_at_head(self, conn, head: bytes) -> bool:
         """Answer ``conn`` now, from its head alone, if a class after this one in the
@@ -718,7 +918,10 @@ class WholeRequests:
         conn.first_bytes = bytes(held.data[:PEEK_BYTES])
         conn.given_request_id = client_request_id(held.data[: max(held.head_end, 0)])
         conn.init()  # makes the parser; no I/O for plain HTTP/1
-        conn.parser.unreader.unread(held.data)
+        if held.chunks is not None:
+            conn.parser.unreader = HeldUnreader(conn.sock, bytes(held.data))
+        else:
+            conn.parser.unreader.unread(held.data)
         conn.data_ready = True  # gthread must not wait for the socket: the bytes are here
         conn.whole = True
         self.enqueue_req(conn)
@@ -729,6 +932,8 @@ class WholeRequests:
         held = self.held.pop(conn)
         self.held_bytes -= len(held.data)
         self.reserved_bytes -= held.reserved
+        if held.chunks is not None:
+            held.chunks.close()
         # Most requests are whole at once and never watched: unregistering one
         # would raise a KeyError whose message formats the socket (getsockname).
         if held.watched:

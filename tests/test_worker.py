@@ -484,3 +484,110 @@ def test_a_connection_keeps_no_copy_of_its_head_once_handed_to_a_thread():
     w.hand_over(conn, held)
     assert conn.first_bytes == big[: chatd_worker.PEEK_BYTES]
     assert conn.given_request_id == b"id-1"
+
+
+@pytest.mark.parametrize(
+    "fields, expected",
+    [
+        (b"Content-Length: 12\r\n", (12, False, False, False)),
+        (b"Transfer-Encoding: chunked\r\n", (None, False, False, True)),
+        (b"transfer-encoding: Chunked\r\nExpect: 100-continue\r\n", (None, False, True, True)),
+        (b"Transfer-Encoding: gzip, chunked\r\n", (None, False, False, True)),
+        (
+            b"Transfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n",
+            (None, False, False, True),
+        ),
+        (b"Transfer-Encoding: chunked, gzip\r\n", (None, True, False, False)),
+        (b"Transfer-Encoding: br, chunked\r\n", (None, True, False, False)),
+        (
+            b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+            (None, True, False, False),
+        ),
+        (b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", (5, True, False, False)),
+        (b"Content-Length: 5\r\nContent-Length: 5\r\n", (5, True, False, False)),
+        (b"", (None, False, False, False)),
+    ],
+)
+def test_what_a_head_says_of_its_body(fields, expected):
+    head = b"POST /chat HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n"
+    assert chatd_worker.declared_body(head) == expected
+
+
+@pytest.mark.parametrize(
+    "line, version",
+    [
+        (b"POST /chat HTTP/1.1", (1, 1)),
+        (b"\r\nPOST /chat HTTP/1.1", (1, 1)),  # gunicorn skips one CRLF first
+        (b"POST /chat HTTP/1.2", (1, 2)),
+        (b"POST /chat HTTP/1.0", (1, 0)),
+        (b"POST /chat HTTP/11", (0, 0)),
+        (b"POST /chat", (0, 0)),
+    ],
+)
+def test_a_heads_http_version_is_read_as_gunicorn_reads_it(line, version):
+    assert chatd_worker.http_version(line + b"\r\nHost: x\r\n\r\n") == version
+
+
+def test_the_held_replay_gives_socket_sized_pieces_then_the_socket():
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        unreader = chatd_worker.HeldUnreader(ours, b"a" * 20_000)
+        assert [len(unreader.chunk()) for _ in range(3)] == [8192, 8192, 3616]
+        unreader.unread(b"back")
+        theirs.sendall(b"from the socket")
+        assert unreader.take_buffered() == b"back"  # nothing held is left: the socket is next
+        assert unreader.read() == b"from the socket"
+        held = chatd_worker.HeldUnreader(ours, b"rest of it")
+        held.unread(b"pushed ")
+        assert held.take_buffered() == b"pushed rest of it"  # pipelined bytes are kept
+
+
+def test_a_chunked_body_in_http_1_0_is_not_held():
+    """gunicorn refuses it from its head: holding its body would only waste time."""
+    head = b"POST /chat HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"
+    assert chatd_worker.declared_body(head) == (None, True, False, False)
+
+
+def held_chunks(max_content: int = 1000) -> chatd_worker.HeldChunks:
+    limits = SimpleNamespace(
+        limit_request_field_size=8190,
+        max_buffer_headers=100 * 8192 + 4,
+        parse_headers=lambda data, from_trailer=False: [],
+    )
+    return chatd_worker.HeldChunks(limits, max_content)
+
+
+@pytest.mark.parametrize(
+    "body, done",
+    [
+        (b"5\r\nhello\r\n0\r\n\r\n", True),
+        (b"5;ext=1\r\nhello\r\n0\r\nX-Trailer: t\r\n\r\n", True),
+        (b"5\r\nhello\r\n0\r\n\r\nPOST /next HTTP/1.1\r\n", True),  # pipelined: its own
+        (b"0\n\n", False),  # gunicorn wants CRLF: it waits for more
+        (b"1\nx\n0\n\n", False),
+        (b"0\r\n\r\r\n", False),
+        (b"00000000000000001\r\n", False),  # a long size is still a size: its byte waits
+        (b"5\r\nhello", False),
+    ],
+)
+def test_a_held_chunked_body_ends_where_gunicorns_reader_says(body, done):
+    for pieces in ([body], [body[i : i + 1] for i in range(len(body))]):  # whole, byte by byte
+        chunks = held_chunks()
+        for piece in pieces:
+            chunks.feed(piece)
+        assert (chunks.done, chunks.refused) == (done, False), pieces
+        chunks.close()
+
+
+def test_a_held_chunked_body_gunicorn_refuses_is_handed_over_for_its_400():
+    chunks = held_chunks()
+    chunks.feed(b"zz\r\n")
+    assert chunks.refused and not chunks.done
+
+
+def test_a_held_chunked_body_past_its_limit_is_too_large():
+    chunks = held_chunks(max_content=10)
+    chunks.feed(b"6\r\nhello \r\n")
+    assert not chunks.too_large
+    chunks.feed(b"6\r\nworld!\r\n")
+    assert chunks.too_large and not chunks.done

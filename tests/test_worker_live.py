@@ -61,3 +61,145 @@ def test_clients_that_ask_to_close_and_never_read_stall_nothing(live):
         for sock in idle:
             sock.close()
     assert slowest < baseline + 1.0, (baseline, slowest)
+
+
+CHAT = json.dumps({"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}).encode()
+CHUNKED_HEAD = (
+    b"POST /chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n"
+)
+
+
+def read_answer(sock) -> tuple[bytes, bytes]:
+    """The head and the body of one answer with a Content-Length."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head, body
+
+
+@pytest.mark.parametrize(
+    "coding, start",
+    [
+        (b"chunked", b"3e8\r\n{"),  # a 1000-byte chunk, begun
+        (b"gzip, chunked", b"3e8\r\n{"),  # gunicorn takes codings before chunked
+        (b"identity, chunked", b"3e8\r\n{"),
+        # Framing gunicorn's reader waits on for more (it wants CRLF), where a
+        # laxer reader would call the body done and a thread would then block:
+        (b"chunked", b"0\n\n"),
+        (b"chunked", b"1\nx\n0\n\n"),
+        (b"chunked", b"0\r\n\r\r\n"),
+        (b"chunked", b"00000000000000001\r\n"),
+    ],
+)
+@pytest.mark.parametrize(
+    "line", [b"POST /chat HTTP/1.1", b"\r\nPOST /chat HTTP/1.1", b"POST /chat HTTP/1.2"]
+)
+def test_clients_dripping_chunked_bodies_hold_no_thread(live, coding, start, line):
+    """Ten clients each part-way through a chunked body (as gunicorn's reader
+    sees it), against a worker of 8 threads: had each held a thread, a whole
+    call would be shed (503)."""
+    head = CHUNKED_HEAD.replace(b"chunked", coding).replace(b"POST /chat HTTP/1.1", line)
+    drips = []
+    try:
+        for _ in range(10):
+            sock = socket.create_connection(("127.0.0.1", live.port), timeout=5)
+            sock.sendall(head + start)
+            drips.append(sock)
+        for _ in range(3):
+            response = requests.post(live.url + "/chat", data=CHAT, timeout=5)
+            assert response.status_code == 200, response.text[:300]
+            assert response.json()["message"]["content"] == "from local ollama"
+    finally:
+        for sock in drips:
+            sock.close()
+
+
+def test_a_chunked_body_that_arrives_in_pieces_is_served_once_whole(live):
+    pieces = [CHUNKED_HEAD + b"%x\r\n%s\r\n" % (10, CHAT[:10]), b"%x\r\n" % (len(CHAT) - 10)]
+    pieces += [CHAT[10:] + b"\r\n", b"0\r\n", b"\r\n"]
+    with socket.create_connection(("127.0.0.1", live.port), timeout=5) as sock:
+        for piece in pieces:
+            sock.sendall(piece)
+            time.sleep(0.05)
+        head, body = read_answer(sock)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert json.loads(body)["message"]["content"] == "from local ollama"
+        # The connection is kept alive: the next request, chunked or not, is served.
+        sock.sendall(b"POST /chat HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(CHAT))
+        sock.sendall(CHAT)
+        head, body = read_answer(sock)
+        assert head.startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_chunked_body_over_the_limit_is_refused_from_the_main_loop(live):
+    """max_request_bytes is 1,000,000 here: the 413 comes as the chunks pass it,
+    and the worker closes the connection (no thread reads the rest)."""
+    with socket.create_connection(("127.0.0.1", live.port), timeout=5) as sock:
+        sock.sendall(CHUNKED_HEAD + b"%x\r\n" % 2_000_000)
+        answer = b""
+        try:
+            for _ in range(20):  # 64 KiB at a time, up to ~1.3 MB: past the limit
+                sock.sendall(b"x" * 65536)
+        except OSError:
+            pass  # closed under us, as it should be once the limit passed
+        while chunk := sock.recv(4096):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 ")
+    assert json.loads(body)["error"]["type"] == "request_too_large"
+
+
+def test_a_chunked_body_of_tiny_chunks_is_bounded_by_its_raw_size(live):
+    """One byte per chunk is six bytes of framing each: the raw bytes held are
+    bounded at twice max_request_bytes, long before the content reaches it."""
+    tiny = b"1\r\nx\r\n" * 65536  # 393,216 raw bytes, 65,536 of content
+    with socket.create_connection(("127.0.0.1", live.port), timeout=5) as sock:
+        sock.sendall(CHUNKED_HEAD)
+        answer = b""
+        try:
+            for _ in range(8):  # ~3.1 MB raw, ~0.5 MB of content: under the limit
+                sock.sendall(tiny)
+        except OSError:
+            pass
+        while chunk := sock.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413 ")
+
+
+def test_a_chunked_body_that_expects_100_continue_gets_it_once(live):
+    head = CHUNKED_HEAD.replace(b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", live.port), timeout=5) as sock:
+        sock.sendall(head)
+        interim = sock.recv(4096)
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(CHAT), CHAT))
+        head, body = read_answer(sock)
+    assert head.startswith(b"HTTP/1.1 200 "), head  # not a second 100
+    assert json.loads(body)["message"]["content"] == "from local ollama"
+
+
+def test_a_chunked_body_of_many_tiny_chunks_is_served(live):
+    """20,000 one-byte chunks (120 KB of framing): gunicorn reads the held bytes
+    in socket-sized pieces, as from a socket, not the whole body at once."""
+    body = b" " * (20_000 - len(CHAT)) + CHAT  # JSON with leading blanks
+    framed = b"".join(b"1\r\n%s\r\n" % body[i : i + 1] for i in range(len(body)))
+    with socket.create_connection(("127.0.0.1", live.port), timeout=20) as sock:
+        sock.sendall(CHUNKED_HEAD + framed + b"0\r\n\r\n")
+        head, answer = read_answer(sock)
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert json.loads(answer)["message"]["content"] == "from local ollama"
+
+
+def test_trailers_past_the_held_limit_get_431_from_the_loop(live):
+    trailers = b"".join(b"X-T%d: %s\r\n" % (i, b"v" * 100) for i in range(100))  # ~10 KB
+    with socket.create_connection(("127.0.0.1", live.port), timeout=5) as sock:
+        sock.sendall(CHUNKED_HEAD + b"%x\r\n%s\r\n0\r\n" % (len(CHAT), CHAT) + trailers)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 431 ")
