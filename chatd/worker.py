@@ -664,6 +664,10 @@ class HeldChunks:
     #: What one read of the held bytes returns, at most: what a socket read
     #: gives gunicorn, so its reader costs here what it costs on a socket.
     READ_SIZE = 8 * 1024
+    #: Chunks in one body, at most. gunicorn's reader costs ~2 µs a chunk (and
+    #: the body is read twice: here, then by gunicorn): a body of 1-byte chunks
+    #: would cost seconds of CPU. Real clients send chunks of kilobytes.
+    MAX_CHUNKS = 16 * 1024
 
     def __init__(self, limits, max_content: int):
         self.max_content = max_content
@@ -672,6 +676,8 @@ class HeldChunks:
         self.refused = False  # gunicorn's reader refused it: gunicorn answers 400
         self.too_large = False
         self.trailers_too_large = False
+        self.too_many_chunks = False
+        self._pieces = 0
         self._pending = b""
         self._reader = ChunkedReader(limits, self)
         self._parse = greenlet.greenlet(self._run)
@@ -692,8 +698,12 @@ class HeldChunks:
         try:
             for piece in self._reader.parser:
                 self.content += len(piece)
+                self._pieces += 1  # a chunk, or the part of one a read held
                 if self.content > self.max_content:
                     self.too_large = True
+                    return
+                if self._pieces > self.MAX_CHUNKS:
+                    self.too_many_chunks = True
                     return
             self.done = True
         except LimitRequestHeaders:
@@ -876,6 +886,11 @@ class WholeRequests:
             self.release(conn)
             mesg = f"request body is larger than max_request_bytes ({self.max_body_bytes} bytes)"
             self.drop(conn, json_error(413, "Content Too Large", mesg))
+            return True
+        if chunks.too_many_chunks:
+            self.release(conn)
+            mesg = f"request body is in more than {HeldChunks.MAX_CHUNKS} chunks"
+            self.drop(conn, json_error(400, "Bad Request", mesg))
             return True
         if chunks.trailers_too_large:
             self.release(conn)

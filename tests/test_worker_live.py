@@ -154,20 +154,21 @@ def test_a_chunked_body_over_the_limit_is_refused_from_the_main_loop(live):
     assert json.loads(body)["error"]["type"] == "request_too_large"
 
 
-def test_a_chunked_body_of_tiny_chunks_is_bounded_by_its_raw_size(live):
-    """One byte per chunk is six bytes of framing each: the raw bytes held are
-    bounded at twice max_request_bytes, long before the content reaches it."""
-    tiny = b"1\r\nx\r\n" * 65536  # 393,216 raw bytes, 65,536 of content
+def test_a_chunked_body_mostly_framing_is_bounded_by_its_raw_size(live):
+    """Chunks of one byte with a 4 KB extension each: the raw bytes held are
+    bounded at twice max_request_bytes (1,000,000 here), long before the
+    content (or the chunk count) reaches its limit."""
+    chunk = b"1;x=" + b"e" * 4000 + b"\r\nx\r\n"
     with socket.create_connection(("127.0.0.1", live.port), timeout=5) as sock:
         sock.sendall(CHUNKED_HEAD)
         answer = b""
         try:
-            for _ in range(8):  # ~3.1 MB raw, ~0.5 MB of content: under the limit
-                sock.sendall(tiny)
+            for _ in range(8):  # ~3.2 MB raw, 800 bytes of content, 800 chunks
+                sock.sendall(chunk * 100)
         except OSError:
             pass
-        while chunk := sock.recv(4096):
-            answer += chunk
+        while data := sock.recv(4096):
+            answer += data
     assert answer.startswith(b"HTTP/1.1 413 ")
 
 
@@ -183,10 +184,10 @@ def test_a_chunked_body_that_expects_100_continue_gets_it_once(live):
     assert json.loads(body)["message"]["content"] == "from local ollama"
 
 
-def test_a_chunked_body_of_many_tiny_chunks_is_served(live):
-    """20,000 one-byte chunks (120 KB of framing): gunicorn reads the held bytes
-    in socket-sized pieces, as from a socket, not the whole body at once."""
-    body = b" " * (20_000 - len(CHAT)) + CHAT  # JSON with leading blanks
+def test_a_chunked_body_of_many_small_chunks_is_served(live):
+    """16,000 one-byte chunks (96 KB of framing), under the 16,384-chunk limit:
+    gunicorn reads the held bytes in socket-sized pieces, as from a socket."""
+    body = b" " * (16_000 - len(CHAT)) + CHAT  # JSON with leading blanks
     framed = b"".join(b"1\r\n%s\r\n" % body[i : i + 1] for i in range(len(body)))
     with socket.create_connection(("127.0.0.1", live.port), timeout=20) as sock:
         sock.sendall(CHUNKED_HEAD + framed + b"0\r\n\r\n")
@@ -203,3 +204,17 @@ def test_trailers_past_the_held_limit_get_431_from_the_loop(live):
         while chunk := sock.recv(4096):
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 431 ")
+
+
+def test_a_chunked_body_in_more_chunks_than_the_limit_is_refused_from_the_loop(live):
+    """Each chunk costs gunicorn's reader ~2 µs: a body of 1-byte chunks is
+    refused once it passes 16,384 of them, not parsed for seconds."""
+    framed = b"1\r\n \r\n" * (16 * 1024 + 10)
+    with socket.create_connection(("127.0.0.1", live.port), timeout=5) as sock:
+        sock.sendall(CHUNKED_HEAD + framed)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert "chunks" in json.loads(body)["error"]["message"]
