@@ -673,7 +673,7 @@ class HeldChunks:
         self.max_content = max_content
         self.content = 0  # the body's bytes so far, without their framing
         self.done = False  # it ended: gunicorn reads it whole from what is held
-        self.refused = False  # gunicorn's reader refused it: gunicorn answers 400
+        self.refused = False  # gunicorn's reader refused it: the loop answers 400
         self.too_large = False
         self.trailers_too_large = False
         self.too_many_chunks = False
@@ -897,8 +897,15 @@ class WholeRequests:
             mesg = f"request trailers are larger than {HeldChunks.MAX_TRAILERS} bytes"
             self.drop(conn, json_error(431, "Request Header Fields Too Large", mesg))
             return True
-        if chunks.done or chunks.refused:
-            return self.hand_over(conn, held)  # refused: gunicorn answers 400 at once
+        if chunks.refused:
+            # Answered here: gunicorn's own reads, split elsewhere, might take
+            # a long size line the held reader refused, and wait on the client.
+            self.release(conn)
+            mesg = "the chunked request body is malformed"
+            self.drop(conn, json_error(400, "Bad Request", mesg))
+            return True
+        if chunks.done:
+            return self.hand_over(conn, held)
         if self.reserved_bytes > self.hold_budget_bytes:
             conn.body_pending = True  # as for any body past the budget: a thread reads it
             return self.hand_over(conn, held)

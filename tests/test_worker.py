@@ -579,7 +579,7 @@ def test_a_held_chunked_body_ends_where_gunicorns_reader_says(body, done):
         chunks.close()
 
 
-def test_a_held_chunked_body_gunicorn_refuses_is_handed_over_for_its_400():
+def test_a_held_chunked_body_gunicorns_reader_refuses_is_marked_refused():
     chunks = held_chunks()
     chunks.feed(b"zz\r\n")
     assert chunks.refused and not chunks.done

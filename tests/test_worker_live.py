@@ -218,3 +218,20 @@ def test_a_chunked_body_in_more_chunks_than_the_limit_is_refused_from_the_loop(l
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400 ")
     assert "chunks" in json.loads(body)["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [b"zz\r\n", b"5\r\nhelloXX", b"100000;a=" + b"b" * 9000 + b"\r\n"],
+)
+def test_a_malformed_chunked_body_is_refused_from_the_loop(live, framing):
+    """Refused by the held reader, answered 400 by the loop: never handed to a
+    thread whose own reads, split elsewhere, might wait on the client."""
+    with socket.create_connection(("127.0.0.1", live.port), timeout=5) as sock:
+        sock.sendall(CHUNKED_HEAD + framing)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert json.loads(body)["error"]["message"] == "the chunked request body is malformed"
