@@ -647,6 +647,17 @@ def http_version(head: bytes) -> tuple[int, int]:
     return (0, 0)
 
 
+class TrailersRefused(Exception):
+    """A held chunked body came with trailers."""
+
+
+def refuse_trailers(data: bytes, from_trailer: bool = False):
+    """The held reader's header parser, for trailers only: chatd takes none. No
+    client of chatd sends them, and gunicorn's own check of them runs inside
+    the app's read of the body, where a bad one was a 500."""
+    raise TrailersRefused()
+
+
 class HeldChunks:
     """Where a held chunked body ends, as gunicorn's own reader sees it.
 
@@ -677,6 +688,7 @@ class HeldChunks:
         self.too_large = False
         self.trailers_too_large = False
         self.too_many_chunks = False
+        self.trailers_refused = False
         self._pieces = 0
         self._pending = b""
         self._reader = ChunkedReader(limits, self)
@@ -708,6 +720,8 @@ class HeldChunks:
             self.done = True
         except LimitRequestHeaders:
             self.trailers_too_large = True  # over our limit, maybe not gunicorn's
+        except TrailersRefused:
+            self.trailers_refused = True
         except Exception:
             self.refused = True
 
@@ -760,7 +774,7 @@ class WholeRequests:
         self.chunk_limits = SimpleNamespace(
             limit_request_field_size=field_size,
             max_buffer_headers=min(HeldChunks.MAX_TRAILERS, fields * (field_size + 2) + 4),
-            parse_headers=lambda data, from_trailer=False: [],  # gunicorn judges them later
+            parse_headers=refuse_trailers,
         )
         # The largest head gunicorn's limits allow: past it, gunicorn refuses it.
         self.max_head_bytes = (
@@ -896,6 +910,11 @@ class WholeRequests:
             self.release(conn)
             mesg = f"request trailers are larger than {HeldChunks.MAX_TRAILERS} bytes"
             self.drop(conn, json_error(431, "Request Header Fields Too Large", mesg))
+            return True
+        if chunks.trailers_refused:
+            self.release(conn)
+            mesg = "chunked request bodies with trailers are not accepted"
+            self.drop(conn, json_error(400, "Bad Request", mesg))
             return True
         if chunks.refused:
             # Answered here: gunicorn's own reads, split elsewhere, might take

@@ -552,7 +552,7 @@ def held_chunks(max_content: int = 1000) -> chatd_worker.HeldChunks:
     limits = SimpleNamespace(
         limit_request_field_size=8190,
         max_buffer_headers=100 * 8192 + 4,
-        parse_headers=lambda data, from_trailer=False: [],
+        parse_headers=chatd_worker.refuse_trailers,
     )
     return chatd_worker.HeldChunks(limits, max_content)
 
@@ -561,7 +561,7 @@ def held_chunks(max_content: int = 1000) -> chatd_worker.HeldChunks:
     "body, done",
     [
         (b"5\r\nhello\r\n0\r\n\r\n", True),
-        (b"5;ext=1\r\nhello\r\n0\r\nX-Trailer: t\r\n\r\n", True),
+        (b"5;ext=1\r\nhello\r\n0\r\n\r\n", True),
         (b"5\r\nhello\r\n0\r\n\r\nPOST /next HTTP/1.1\r\n", True),  # pipelined: its own
         (b"0\n\n", False),  # gunicorn wants CRLF: it waits for more
         (b"1\nx\n0\n\n", False),

@@ -235,3 +235,17 @@ def test_a_malformed_chunked_body_is_refused_from_the_loop(live, framing):
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400 "), answer[:200]
     assert json.loads(body)["error"]["message"] == "the chunked request body is malformed"
+
+
+@pytest.mark.parametrize("trailer", [b"X-Ok: 1\r\n", b"bad header\r\n", b"Content-Length: 5\r\n"])
+def test_a_chunked_body_with_trailers_is_refused_from_the_loop(live, trailer):
+    """gunicorn checks trailers inside the app's read of the body, where a bad
+    one was a 500; chatd takes none: a 400 from the loop."""
+    with socket.create_connection(("127.0.0.1", live.port), timeout=5) as sock:
+        sock.sendall(CHUNKED_HEAD + b"%x\r\n%s\r\n0\r\n" % (len(CHAT), CHAT) + trailer + b"\r\n")
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert "trailers" in json.loads(body)["error"]["message"]
