@@ -694,6 +694,24 @@ class HeldChunks:
         self._reader = ChunkedReader(limits, self)
         self._parse = greenlet.greenlet(self._run)
 
+    def refusal(self) -> tuple[int, str, str] | None:
+        """(status, reason, message) the loop answers this body with itself, or None.
+
+        A malformed body is answered here too, not handed over: gunicorn's own
+        reads, split elsewhere, might take a long size line the held reader
+        refused, and then wait on the client.
+        """
+        if self.too_many_chunks:
+            return 400, "Bad Request", f"request body is in more than {self.MAX_CHUNKS} chunks"
+        if self.trailers_too_large:
+            mesg = f"request trailers are larger than {self.MAX_TRAILERS} bytes"
+            return 431, "Request Header Fields Too Large", mesg
+        if self.trailers_refused:
+            return 400, "Bad Request", "chunked request bodies with trailers are not accepted"
+        if self.refused:
+            return 400, "Bad Request", "the chunked request body is malformed"
+        return None
+
     def feed(self, data: bytes) -> None:
         """(The event loop.) ``data`` arrived: the reader takes what it can."""
         self._pending += data
@@ -855,12 +873,7 @@ class WholeRequests:
                 return self._hold_chunked(conn, held, head, expect)
             if length > self.max_body_bytes:
                 # Refused from the main loop: no thread waits for a body it will refuse.
-                self.release(conn)
-                mesg = (
-                    f"request body is larger than max_request_bytes ({self.max_body_bytes} bytes)"
-                )
-                self.drop(conn, json_error(413, "Content Too Large", mesg))
-                return True
+                return self._too_large(conn)
             held.need = held.head_end + length
             held.reserved = length
             self.reserved_bytes += length
@@ -897,32 +910,10 @@ class WholeRequests:
         chunks.feed(new)
         # Tiny chunks are mostly framing: the raw bytes are bounded too.
         if chunks.too_large or held.fed - held.head_end > 2 * self.max_body_bytes:
-            self.release(conn)
-            mesg = f"request body is larger than max_request_bytes ({self.max_body_bytes} bytes)"
-            self.drop(conn, json_error(413, "Content Too Large", mesg))
-            return True
-        if chunks.too_many_chunks:
-            self.release(conn)
-            mesg = f"request body is in more than {HeldChunks.MAX_CHUNKS} chunks"
-            self.drop(conn, json_error(400, "Bad Request", mesg))
-            return True
-        if chunks.trailers_too_large:
-            self.release(conn)
-            mesg = f"request trailers are larger than {HeldChunks.MAX_TRAILERS} bytes"
-            self.drop(conn, json_error(431, "Request Header Fields Too Large", mesg))
-            return True
-        if chunks.trailers_refused:
-            self.release(conn)
-            mesg = "chunked request bodies with trailers are not accepted"
-            self.drop(conn, json_error(400, "Bad Request", mesg))
-            return True
-        if chunks.refused:
-            # Answered here: gunicorn's own reads, split elsewhere, might take
-            # a long size line the held reader refused, and wait on the client.
-            self.release(conn)
-            mesg = "the chunked request body is malformed"
-            self.drop(conn, json_error(400, "Bad Request", mesg))
-            return True
+            return self._too_large(conn)
+        refusal = chunks.refusal()
+        if refusal is not None:
+            return self.refuse(conn, *refusal)
         if chunks.done:
             return self.hand_over(conn, held)
         if self.reserved_bytes > self.hold_budget_bytes:
@@ -983,6 +974,16 @@ class WholeRequests:
             except (KeyError, ValueError):
                 pass
 
+    def refuse(self, conn, status: int, reason: str, mesg: str) -> bool:
+        """Answer a held ``conn`` from the loop with chatd's JSON error, and close it."""
+        self.release(conn)
+        self.drop(conn, json_error(status, reason, mesg))
+        return True
+
+    def _too_large(self, conn) -> bool:
+        mesg = f"request body is larger than max_request_bytes ({self.max_body_bytes} bytes)"
+        return self.refuse(conn, 413, "Content Too Large", mesg)
+
     def drop(self, conn, answer: bytes = b""):
         """Close a released ``conn``, first sending ``answer`` if the socket takes it now."""
         if answer:
@@ -1009,9 +1010,9 @@ class WholeRequests:
         late = [conn for conn, held in self.held.items() if held.deadline <= now]
         for conn in late:
             waiting = "body" if self.held[conn].head_end >= 0 else "head"
-            self.release(conn)
-            mesg = f"the request {waiting} did not arrive in time"
-            self.drop(conn, json_error(408, "Request Timeout", mesg))
+            self.refuse(
+                conn, 408, "Request Timeout", f"the request {waiting} did not arrive in time"
+            )
 
 
 # What a request thread returns for a connection it gave to the relay.
