@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -26,20 +27,43 @@ class StalledStream:
         pass
 
 
-def logger_writing_to(stream, name: str) -> tuple[logging.Logger, logging.Handler]:
+class FailingStream(StalledStream):
+    """A stderr whose first ``failures`` writes fail (non-blocking and full), and
+    whose later ones are kept."""
+
+    def __init__(self, failures: int):
+        super().__init__()
+        self.flowing.set()
+        self.failures = failures
+
+    def write(self, text: str) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise BlockingIOError("stderr is non-blocking and full")
+        super().write(text)
+
+
+@contextlib.contextmanager
+def logger_writing_to(stream, name: str):
+    """A logger whose only handler is chatd's, writing to ``stream``; afterwards the
+    stream flows and the handler is closed, whatever the test did."""
     handler = observability._ChatdHandler(stream)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger = logging.getLogger(f"chatd.test.{name}")
     logger.propagate = False
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    return logger, handler
+    try:
+        yield logger, handler
+    finally:
+        stream.flowing.set()
+        logger.removeHandler(handler)
+        handler.close()
 
 
 def test_a_stalled_stderr_stalls_no_thread_that_logs(monkeypatch):
     stream = StalledStream()
-    logger, handler = logger_writing_to(stream, "stalled")
-    try:
+    with logger_writing_to(stream, "stalled") as (logger, handler):
         started = time.monotonic()
         for i in range(500):
             logger.info("line %d", i)
@@ -48,17 +72,12 @@ def test_a_stalled_stderr_stalls_no_thread_that_logs(monkeypatch):
         stream.flowing.set()
         wait_for(lambda: "line 499\n" in stream.text, 5, "the lines once stderr flows")
         assert stream.text.splitlines() == [f"line {i}" for i in range(500)]
-    finally:
-        stream.flowing.set()
-        logger.removeHandler(handler)
-        handler.close()
 
 
 def test_lines_past_the_limit_are_dropped_and_counted(monkeypatch):
     monkeypatch.setattr(observability, "MAX_WAITING_CHARS", 20 * len("line 00\n"))
     stream = StalledStream()
-    logger, handler = logger_writing_to(stream, "dropping")
-    try:
+    with logger_writing_to(stream, "dropping") as (logger, handler):
         logger.info("first")  # the writer takes this one and waits on the stream
         wait_for(lambda: handler._waiting.qsize() == 0, 5, "the writer to take a line")
         for i in range(50):
@@ -68,47 +87,21 @@ def test_lines_past_the_limit_are_dropped_and_counted(monkeypatch):
         lines = stream.text.splitlines()
         assert lines[:21] == ["first"] + [f"line {i:02d}" for i in range(20)]
         assert "chatd: 30 log lines dropped: stderr did not keep up" in lines
-    finally:
-        stream.flowing.set()
-        logger.removeHandler(handler)
-        handler.close()
 
 
 def test_lines_a_failed_write_lost_are_counted_too():
-    class FailingOnce(StalledStream):
-        def write(self, text):
-            if not self.flowing.is_set():
-                self.flowing.set()
-                raise BlockingIOError("stderr is non-blocking and full")
-            super().write(text)
-
-    stream = FailingOnce()
-    logger, handler = logger_writing_to(stream, "failing")
-    try:
+    stream = FailingStream(failures=1)
+    with logger_writing_to(stream, "failing") as (logger, handler):
         logger.info("lost")
-        wait_for(lambda: stream.flowing.is_set(), 5, "the failed write")
+        wait_for(lambda: stream.failures == 0, 5, "the failed write")
         logger.info("next")
         wait_for(lambda: "next" in stream.text, 5, "the next line")
         assert stream.text == "next\nchatd: 1 log lines dropped: stderr did not keep up\n"
-    finally:
-        logger.removeHandler(handler)
-        handler.close()
 
 
 def test_lines_dropped_before_a_write_that_fails_are_still_counted():
-    class FailingTwice(StalledStream):
-        failures = 2
-
-        def write(self, text):
-            if self.failures:
-                self.failures -= 1
-                raise BlockingIOError("stderr is non-blocking and full")
-            self.text += text
-
-    stream = FailingTwice()
-    stream.flowing.set()
-    logger, handler = logger_writing_to(stream, "failing-twice")
-    try:
+    stream = FailingStream(failures=2)
+    with logger_writing_to(stream, "failing-twice") as (logger, handler):
         logger.info("lost first")
         wait_for(lambda: stream.failures == 1, 5, "the first failed write")
         logger.info("lost second")  # goes out with the count of the first: fails too
@@ -116,27 +109,16 @@ def test_lines_dropped_before_a_write_that_fails_are_still_counted():
         logger.info("kept")
         wait_for(lambda: "kept" in stream.text, 5, "the line after")
         assert stream.text == "kept\nchatd: 2 log lines dropped: stderr did not keep up\n"
-    finally:
-        logger.removeHandler(handler)
-        handler.close()
 
 
 def test_the_count_of_dropped_lines_comes_in_the_logs_format():
     import json
 
-    class FailingOnce(StalledStream):
-        def write(self, text):
-            if not self.flowing.is_set():
-                self.flowing.set()
-                raise BlockingIOError("full")
-            self.text += text
-
-    stream = FailingOnce()
-    logger, handler = logger_writing_to(stream, "json")
-    handler.setFormatter(observability.JsonFormatter())
-    try:
+    stream = FailingStream(failures=1)
+    with logger_writing_to(stream, "json") as (logger, handler):
+        handler.setFormatter(observability.JsonFormatter())
         logger.info("lost")
-        wait_for(lambda: stream.flowing.is_set(), 5, "the failed write")
+        wait_for(lambda: stream.failures == 0, 5, "the failed write")
         logger.info("next")
         wait_for(lambda: "dropped" in stream.text, 5, "the count")
         lines = [json.loads(line) for line in stream.text.splitlines()]
@@ -145,9 +127,6 @@ def test_the_count_of_dropped_lines_comes_in_the_logs_format():
             "chatd: 1 log lines dropped: stderr did not keep up",
         ]
         assert lines[1]["level"] == "warning" and lines[1]["request_id"] == "-"
-    finally:
-        logger.removeHandler(handler)
-        handler.close()
 
 
 def test_without_a_writer_thread_lines_are_written_as_they_come(monkeypatch):
@@ -155,65 +134,51 @@ def test_without_a_writer_thread_lines_are_written_as_they_come(monkeypatch):
     StreamHandler would, rather than queue lines nobody will write."""
     stream = StalledStream()
     stream.flowing.set()
-    logger, handler = logger_writing_to(stream, "threadless")
 
     def no_thread(self):
         raise RuntimeError("can't start new thread")
 
-    monkeypatch.setattr(threading.Thread, "start", no_thread)
-    try:
+    with logger_writing_to(stream, "threadless") as (logger, handler):
+        monkeypatch.setattr(threading.Thread, "start", no_thread)
         logger.info("written now")
         assert stream.text == "written now\n"
         monkeypatch.undo()
         handler.close()
         logger.info("after close")
         assert stream.text == "written now\nafter close\n"
-    finally:
-        logger.removeHandler(handler)
-        handler.close()
 
 
 def test_at_exit_the_lines_waiting_are_written_first():
     stream = StalledStream()
-    logger, handler = logger_writing_to(stream, "exit")
-    try:
+    with logger_writing_to(stream, "exit") as (logger, handler):
         logger.info("last words")
         threading.Timer(0.2, stream.flowing.set).start()
         handler.flush()  # what logging.shutdown calls at exit
         assert stream.text == "last words\n"
-    finally:
-        stream.flowing.set()
-        logger.removeHandler(handler)
-        handler.close()
 
 
 def test_a_flush_gives_up_after_its_deadline_on_a_stderr_that_never_flows(monkeypatch):
     monkeypatch.setattr(observability, "FLUSH_WAIT_SECS", 0.3)
     stream = StalledStream()
-    logger, handler = logger_writing_to(stream, "stuck")
-    try:
+    with logger_writing_to(stream, "stuck") as (logger, handler):
         logger.info("never written")
         started = time.monotonic()
         handler.flush()
         assert 0.25 <= time.monotonic() - started < 2.0
-    finally:
-        stream.flowing.set()
-        logger.removeHandler(handler)
-        handler.close()
 
 
 def test_a_closed_handler_ends_its_writer_after_the_lines_before():
     stream = StalledStream()
     stream.flowing.set()
-    logger, handler = logger_writing_to(stream, "closed")
-    logger.info("before")
-    logger.removeHandler(handler)
-    handler.close()
-    wait_for(
-        lambda: not handler._writer.is_alive() and stream.text == "before\n",
-        5,
-        "the writer to write and end",
-    )
+    with logger_writing_to(stream, "closed") as (logger, handler):
+        logger.info("before")
+        logger.removeHandler(handler)
+        handler.close()
+        wait_for(
+            lambda: not handler._writer.is_alive() and stream.text == "before\n",
+            5,
+            "the writer to write and end",
+        )
 
 
 F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ, named in Python 3.10+ on Linux only

@@ -391,18 +391,24 @@ def test_gzip_server_sanity():
 # -- whole answers: the kernel read timeout of a pooled connection ----------------
 
 
+@pytest.fixture
+def sets(monkeypatch) -> list[float]:
+    """Each SO_RCVTIMEO the adapters set during the test, in seconds."""
+    from chatd.adapters import base
+
+    seen = []
+    real = base._set_recv_timeout
+    monkeypatch.setattr(base, "_set_recv_timeout", lambda sock, s: (seen.append(s), real(sock, s)))
+    return seen
+
+
 def whole_request() -> ChatRequest:
     return ChatRequest(model="m", messages=[{"role": "user", "content": "hi"}])
 
 
-def test_a_pooled_connection_keeps_its_read_timeout_from_call_to_call(monkeypatch):
+def test_a_pooled_connection_keeps_its_read_timeout_from_call_to_call(sets):
     """SO_RCVTIMEO is set once, by the first call; the next calls on the same
     connection need the same within RECV_TIMEOUT_SLACK and set nothing."""
-    from chatd.adapters import base
-
-    sets = []
-    real = base._set_recv_timeout
-    monkeypatch.setattr(base, "_set_recv_timeout", lambda sock, s: (sets.append(s), real(sock, s)))
     with FakeOllama() as fake:
         adapter = make_wire_adapter(OllamaChatAdapter, "ollama", fake.url)
         for _ in range(3):
@@ -445,12 +451,11 @@ def test_an_answer_dripping_on_a_connection_a_stream_gave_back_still_times_out()
     assert 0.9 <= took < 3.0
 
 
-def test_a_connection_back_in_the_pool_has_its_read_timeout_left_alone(monkeypatch):
+def test_a_connection_back_in_the_pool_has_its_read_timeout_left_alone(sets):
     """urllib3 gives the connection back in the read that takes the body's last
     bytes: the loop's next turn must not set SO_RCVTIMEO on what is now another
     call's socket (here the body comes 0.15 s after the head, so the deadline
     moved past RECV_TIMEOUT_SLACK meanwhile)."""
-    from chatd.adapters import base
 
     class LateBody(StreamServer):
         def _send(self, sock, lines):
@@ -459,9 +464,6 @@ def test_a_connection_back_in_the_pool_has_its_read_timeout_left_alone(monkeypat
             time.sleep(0.15)
             sock.sendall(body)
 
-    sets = []
-    real = base._set_recv_timeout
-    monkeypatch.setattr(base, "_set_recv_timeout", lambda sock, s: (sets.append(s), real(sock, s)))
     with LateBody(None, keep_alive=True) as server:
         adapter = make_wire_adapter(OllamaChatAdapter, "ollama", server.url)
         for _ in range(2):
@@ -470,15 +472,11 @@ def test_a_connection_back_in_the_pool_has_its_read_timeout_left_alone(monkeypat
     assert len(sets) == 1
 
 
-def test_a_call_whose_deadline_is_not_the_last_ones_sets_the_read_timeout_again(monkeypatch):
+def test_a_call_whose_deadline_is_not_the_last_ones_sets_the_read_timeout_again(sets):
     """The kept SO_RCVTIMEO is reused only within RECV_TIMEOUT_SLACK: a call on the
     same connection with a shorter deadline sets its own."""
-    from chatd.adapters import base
     from chatd.resilience import Deadline
 
-    sets = []
-    real = base._set_recv_timeout
-    monkeypatch.setattr(base, "_set_recv_timeout", lambda sock, s: (sets.append(s), real(sock, s)))
     with FakeOllama() as fake:
         adapter = make_wire_adapter(OllamaChatAdapter, "ollama", fake.url)
         assert adapter.reply(whole_request(), "m").content == "hello"  # timeout_secs: 5 s

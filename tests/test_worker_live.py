@@ -33,13 +33,30 @@ def timed_health(live) -> float:
     return time.monotonic() - started
 
 
-def test_a_body_over_the_limit_is_refused_from_the_main_loop_at_once(live):
-    with socket.create_connection(("127.0.0.1", live.port), timeout=3) as sock:
-        sock.sendall(b"POST /chat HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n{")
+def answered_by_the_loop(
+    live, first: bytes, *more: bytes, timeout: float = 5
+) -> tuple[bytes, bytes]:
+    """Send ``first``, then each of ``more`` while the worker still reads; read its
+    answer until it closes the connection (each read within ``timeout``); return
+    (head, body)."""
+    with socket.create_connection(("127.0.0.1", live.port), timeout=timeout) as sock:
+        sock.sendall(first)
+        try:
+            for data in more:
+                sock.sendall(data)
+        except OSError:
+            pass  # closed under us: the loop answered before all of it was sent
         answer = b""
-        while chunk := sock.recv(4096):  # the worker closes: no thread waits for the body
+        while chunk := sock.recv(4096):  # the worker closes: no thread waits for the rest
             answer += chunk
     head, _, body = answer.partition(b"\r\n\r\n")
+    return head, body
+
+
+def test_a_body_over_the_limit_is_refused_from_the_main_loop_at_once(live):
+    head, body = answered_by_the_loop(
+        live, b"POST /chat HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n{", timeout=3
+    )
     assert head.startswith(b"HTTP/1.1 413 ")
     assert json.loads(body)["error"]["type"] == "request_too_large"
     # No request was parsed for it: unlike a shed, it carries no request id (README, "Errors").
@@ -139,17 +156,8 @@ def test_a_chunked_body_that_arrives_in_pieces_is_served_once_whole(live):
 def test_a_chunked_body_over_the_limit_is_refused_from_the_main_loop(live):
     """max_request_bytes is 1,000,000 here: the 413 comes as the chunks pass it,
     and the worker closes the connection (no thread reads the rest)."""
-    with socket.create_connection(("127.0.0.1", live.port), timeout=5) as sock:
-        sock.sendall(CHUNKED_HEAD + b"%x\r\n" % 2_000_000)
-        answer = b""
-        try:
-            for _ in range(20):  # 64 KiB at a time, up to ~1.3 MB: past the limit
-                sock.sendall(b"x" * 65536)
-        except OSError:
-            pass  # closed under us, as it should be once the limit passed
-        while chunk := sock.recv(4096):
-            answer += chunk
-    head, _, body = answer.partition(b"\r\n\r\n")
+    more = [b"x" * 65536] * 20  # 64 KiB at a time, up to ~1.3 MB: past the limit
+    head, body = answered_by_the_loop(live, CHUNKED_HEAD + b"%x\r\n" % 2_000_000, *more)
     assert head.startswith(b"HTTP/1.1 413 ")
     assert json.loads(body)["error"]["type"] == "request_too_large"
 
@@ -159,17 +167,9 @@ def test_a_chunked_body_mostly_framing_is_bounded_by_its_raw_size(live):
     bounded at twice max_request_bytes (1,000,000 here), long before the
     content (or the chunk count) reaches its limit."""
     chunk = b"1;x=" + b"e" * 4000 + b"\r\nx\r\n"
-    with socket.create_connection(("127.0.0.1", live.port), timeout=5) as sock:
-        sock.sendall(CHUNKED_HEAD)
-        answer = b""
-        try:
-            for _ in range(8):  # ~3.2 MB raw, 800 bytes of content, 800 chunks
-                sock.sendall(chunk * 100)
-        except OSError:
-            pass
-        while data := sock.recv(4096):
-            answer += data
-    assert answer.startswith(b"HTTP/1.1 413 ")
+    more = [chunk * 100] * 8  # ~3.2 MB raw, 800 bytes of content, 800 chunks
+    head, _ = answered_by_the_loop(live, CHUNKED_HEAD, *more)
+    assert head.startswith(b"HTTP/1.1 413 ")
 
 
 def test_a_chunked_body_that_expects_100_continue_gets_it_once(live):
@@ -198,24 +198,17 @@ def test_a_chunked_body_of_many_small_chunks_is_served(live):
 
 def test_trailers_past_the_held_limit_get_431_from_the_loop(live):
     trailers = b"".join(b"X-T%d: %s\r\n" % (i, b"v" * 100) for i in range(100))  # ~10 KB
-    with socket.create_connection(("127.0.0.1", live.port), timeout=5) as sock:
-        sock.sendall(CHUNKED_HEAD + b"%x\r\n%s\r\n0\r\n" % (len(CHAT), CHAT) + trailers)
-        answer = b""
-        while chunk := sock.recv(4096):
-            answer += chunk
-    assert answer.startswith(b"HTTP/1.1 431 ")
+    head, _ = answered_by_the_loop(
+        live, CHUNKED_HEAD + b"%x\r\n%s\r\n0\r\n" % (len(CHAT), CHAT) + trailers
+    )
+    assert head.startswith(b"HTTP/1.1 431 ")
 
 
 def test_a_chunked_body_in_more_chunks_than_the_limit_is_refused_from_the_loop(live):
     """Each chunk costs gunicorn's reader ~2 µs: a body of 1-byte chunks is
     refused once it passes 16,384 of them, not parsed for seconds."""
     framed = b"1\r\n \r\n" * (16 * 1024 + 10)
-    with socket.create_connection(("127.0.0.1", live.port), timeout=5) as sock:
-        sock.sendall(CHUNKED_HEAD + framed)
-        answer = b""
-        while chunk := sock.recv(4096):
-            answer += chunk
-    head, _, body = answer.partition(b"\r\n\r\n")
+    head, body = answered_by_the_loop(live, CHUNKED_HEAD + framed)
     assert head.startswith(b"HTTP/1.1 400 ")
     assert "chunks" in json.loads(body)["error"]["message"]
 
@@ -227,13 +220,8 @@ def test_a_chunked_body_in_more_chunks_than_the_limit_is_refused_from_the_loop(l
 def test_a_malformed_chunked_body_is_refused_from_the_loop(live, framing):
     """Refused by the held reader, answered 400 by the loop: never handed to a
     thread whose own reads, split elsewhere, might wait on the client."""
-    with socket.create_connection(("127.0.0.1", live.port), timeout=5) as sock:
-        sock.sendall(CHUNKED_HEAD + framing)
-        answer = b""
-        while chunk := sock.recv(4096):
-            answer += chunk
-    head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 400 "), answer[:200]
+    head, body = answered_by_the_loop(live, CHUNKED_HEAD + framing)
+    assert head.startswith(b"HTTP/1.1 400 "), head
     assert json.loads(body)["error"]["message"] == "the chunked request body is malformed"
 
 
@@ -241,11 +229,7 @@ def test_a_malformed_chunked_body_is_refused_from_the_loop(live, framing):
 def test_a_chunked_body_with_trailers_is_refused_from_the_loop(live, trailer):
     """gunicorn checks trailers inside the app's read of the body, where a bad
     one was a 500; chatd takes none: a 400 from the loop."""
-    with socket.create_connection(("127.0.0.1", live.port), timeout=5) as sock:
-        sock.sendall(CHUNKED_HEAD + b"%x\r\n%s\r\n0\r\n" % (len(CHAT), CHAT) + trailer + b"\r\n")
-        answer = b""
-        while chunk := sock.recv(4096):
-            answer += chunk
-    head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 400 "), answer[:200]
+    framed = b"%x\r\n%s\r\n0\r\n" % (len(CHAT), CHAT) + trailer + b"\r\n"
+    head, body = answered_by_the_loop(live, CHUNKED_HEAD + framed)
+    assert head.startswith(b"HTTP/1.1 400 "), head
     assert "trailers" in json.loads(body)["error"]["message"]
