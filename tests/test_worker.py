@@ -591,3 +591,25 @@ def test_a_held_chunked_body_past_its_limit_is_too_large():
     assert not chunks.too_large
     chunks.feed(b"6\r\nworld!\r\n")
     assert chunks.too_large and not chunks.done
+
+
+def test_a_held_chunked_body_gets_the_body_deadline(monkeypatch):
+    """The loop answers 408 to a held request past its deadline (murder_pending):
+    a chunked body gets body_timeout_secs from its head, as a declared one does."""
+    w = chatd_worker.WholeRequests.__new__(chatd_worker.WholeRequests)
+    w.body_timeout_secs, w.max_body_bytes = 30.0, 1000
+    w.hold_budget_bytes, w.reserved_bytes, w.held_bytes = 10**6, 0, 0
+    w.chunk_limits = SimpleNamespace(
+        limit_request_field_size=8190,
+        max_buffer_headers=8192,
+        parse_headers=chatd_worker.refuse_trailers,
+    )
+    monkeypatch.setattr(chatd_worker, "time", SimpleNamespace(monotonic=lambda: 100.0))
+    head = b"POST /chat HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    held = chatd_worker.Held(head + b"5\r\nhel", 0.0)
+    held.head_end = len(head)
+    try:
+        assert w._hold_chunked(None, held, head, expect=False) is False  # still waiting
+        assert held.deadline == 130.0
+    finally:
+        held.chunks.close()
